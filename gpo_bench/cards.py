@@ -1,0 +1,185 @@
+"""Task cards (`tasks/*.yaml`) and method cards (`baselines/*.yaml`): finding, loading and
+validating them, so a wrong key or type names the card and the field."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import unknown_name
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class CardError(ValueError):
+    """A card that does not follow its schema."""
+
+
+def cards_dir(kind: str) -> Path:
+    """`tasks` or `baselines`: inside the installed wheel, else at the repository root."""
+    for candidate in (PACKAGE_DIR / "cards" / kind, PACKAGE_DIR.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    raise CardError(f"no {kind}/ card folder found next to {PACKAGE_DIR}")
+
+
+# field → (accepted types, required, default)
+TASK_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
+    "name": ((str,), True, None),
+    "description": ((str,), True, None),
+    "version": ((int,), True, None),
+    "loader": ((str,), True, None),
+    "source": ((dict,), False, {}),
+    "hub_id": ((str, type(None)), False, None),
+    "groups": ((list, type(None)), False, None),
+    "protocol": ((str,), True, None),
+    "metric": ((str,), True, None),
+    "shots": ((list,), True, None),
+    "train_frac": ((float, int), False, 0.4),
+    "val_frac": ((float, int), False, 0.2),
+    "instruction": ((str,), False, "Answer the following question by picking ONE of the given options"),
+    "reference": ((str, type(None)), False, None),
+}
+METHOD_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
+    "name": ((str,), True, None),
+    "description": ((str,), True, None),
+    "version": ((int,), True, None),
+    "implementation": ((str,), True, None),
+    "settings": ((dict,), False, {}),
+    "reference": ((str, type(None)), False, None),
+}
+METRICS = ("alignment", "accuracy")
+PROTOCOLS = ("opinion",)
+
+
+def _validate(raw: Any, fields: dict, path: Path) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise CardError(f"{path}: a card must be a YAML mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise CardError(f"{path}: unknown field {unknown[0]!r} (known: {', '.join(fields)})")
+    card = {}
+    for key, (types, required, default) in fields.items():
+        if key not in raw:
+            if required:
+                raise CardError(f"{path}: missing required field {key!r}")
+            card[key] = copy.deepcopy(default)
+            continue
+        value = raw[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join(t.__name__ for t in types)
+            raise CardError(f"{path}: field {key!r} must be {names}, got {type(value).__name__} {value!r}")
+        card[key] = value
+    if card["name"] != path.stem:
+        raise CardError(f"{path}: field 'name' is {card['name']!r} but the file is named {path.stem!r}")
+    return card
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    name: str
+    description: str
+    version: int
+    loader: str
+    source: dict
+    hub_id: str | None
+    groups: list | None
+    protocol: str
+    metric: str
+    shots: list
+    train_frac: float
+    val_frac: float
+    instruction: str
+    reference: str | None
+    path: str
+
+    @classmethod
+    def from_file(cls, path: Path) -> TaskCard:
+        card = _validate(yaml.safe_load(path.read_text()), TASK_FIELDS, path)
+        if card["metric"] not in METRICS:
+            raise CardError(f"{path}: field 'metric' must be one of {METRICS}, got {card['metric']!r}")
+        if card["protocol"] not in PROTOCOLS:
+            raise CardError(f"{path}: field 'protocol' must be one of {PROTOCOLS}, got {card['protocol']!r}")
+        if not all(isinstance(k, int) and k >= 0 for k in card["shots"]):
+            raise CardError(f"{path}: field 'shots' must be a list of non-negative integers")
+        if not 0 < card["train_frac"] < 1 or not 0 < card["val_frac"] < 1:
+            raise CardError(f"{path}: 'train_frac' and 'val_frac' must lie strictly between 0 and 1")
+        return cls(**card, path=str(path))
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    name: str
+    description: str
+    version: int
+    implementation: str
+    settings: dict
+    reference: str | None
+    path: str
+
+    @classmethod
+    def from_file(cls, path: Path) -> MethodCard:
+        return cls(**_validate(yaml.safe_load(path.read_text()), METHOD_FIELDS, path), path=str(path))
+
+
+def _card_paths(kind: str) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(cards_dir(kind).glob("*.yaml"))}
+
+
+def task_names() -> list[str]:
+    return list(_card_paths("tasks"))
+
+
+def method_names() -> list[str]:
+    return list(_card_paths("baselines"))
+
+
+def load_task_card(name: str) -> TaskCard:
+    paths = _card_paths("tasks")
+    if name not in paths:
+        raise unknown_name("task", name, list(paths))
+    return TaskCard.from_file(paths[name])
+
+
+def load_method_card(name: str) -> MethodCard:
+    paths = _card_paths("baselines")
+    if name not in paths:
+        raise unknown_name("method", name, list(paths))
+    return MethodCard.from_file(paths[name])
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are parsed as YAML scalars (numbers, booleans, lists)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CardError(f"--set expects key=value, got {pair!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        overrides[key.strip()] = parsed
+    return overrides
+
+
+def apply_overrides(settings: dict, overrides: dict[str, Any], card: MethodCard) -> dict:
+    """A copy of the card's settings with overrides applied; an unknown key is an error."""
+    merged = copy.deepcopy(settings)
+    for key, value in overrides.items():
+        if key not in merged:
+            raise unknown_name(f"setting of method card {card.path}", key, list(merged))
+        default = merged[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not None and value is not None and type(value) is not type(default):
+            raise CardError(
+                f"--set {key}={value!r}: expected {type(default).__name__} like the card's {default!r} ({card.path})"
+            )
+        merged[key] = value
+    return merged

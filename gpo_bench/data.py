@@ -1,0 +1,99 @@
+"""The one data model every task is turned into: items (a prompt with candidates) and groups
+holding their target distribution over the candidates of the items they answered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SUM_TOLERANCE = 1e-4
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file/row or the group/item at fault."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """A prompt with its candidates (answer options or responses), shared by every group."""
+
+    id: str
+    prompt: str
+    candidates: tuple[str, ...]
+    ordinal: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.candidates) < 2:
+            raise DataError(f"item {self.id!r}: needs at least 2 candidates, got {len(self.candidates)}")
+        if self.ordinal is not None and len(self.ordinal) != len(self.candidates):
+            raise DataError(
+                f"item {self.id!r}: {len(self.ordinal)} ordinal values for {len(self.candidates)} candidates"
+            )
+
+
+@dataclass
+class Group:
+    """A demographic group, a country or a user: its target distribution per answered item."""
+
+    id: str
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class TaskData:
+    """A loaded task: items, groups, the headline metric and what the loader dropped (with counts)."""
+
+    name: str
+    metric: str
+    items: dict[str, Item]
+    groups: dict[str, Group]
+    drops: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Every target is a finite distribution over its item's candidates; no group is empty."""
+        if not self.groups:
+            raise DataError(f"task {self.name!r}: no groups left after filtering")
+        for group in self.groups.values():
+            if not group.targets:
+                raise DataError(f"task {self.name!r}: group {group.id!r} has no items after filtering")
+            for item_id, target in group.targets.items():
+                item = self.items.get(item_id)
+                if item is None:
+                    raise DataError(f"task {self.name!r}: group {group.id!r} answers unknown item {item_id!r}")
+                check_distribution(target, len(item.candidates), f"group {group.id!r} item {item_id!r} target")
+
+    def fingerprint(self) -> str:
+        """A hash of everything a method or metric can see, so results can be tied to their data."""
+        digest = hashlib.sha256()
+        for item_id in sorted(self.items):
+            item = self.items[item_id]
+            digest.update(json.dumps([item.id, item.prompt, item.candidates, item.ordinal]).encode())
+        for group_id in sorted(self.groups):
+            for item_id, target in sorted(self.groups[group_id].targets.items()):
+                digest.update(f"{group_id}\0{item_id}\0".encode())
+                digest.update(np.round(target, 10).astype(np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def check_distribution(values: np.ndarray, size: int, what: str) -> None:
+    """Raise a DataError naming `what` unless `values` is a finite probability vector of `size`."""
+    values = np.asarray(values, dtype=float)
+    if values.shape != (size,):
+        raise DataError(f"{what}: expected {size} probabilities, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{what}: contains NaN or infinity: {values.tolist()}")
+    if np.any(values < -1e-9):
+        raise DataError(f"{what}: negative probability: {values.tolist()}")
+    if abs(values.sum() - 1.0) > SUM_TOLERANCE:
+        raise DataError(f"{what}: sums to {values.sum():.6f}, not 1")
+
+
+def normalize(counts: np.ndarray) -> np.ndarray | None:
+    """Counts or weights → a distribution; None when they sum to zero."""
+    counts = np.asarray(counts, dtype=float)
+    total = counts.sum()
+    return counts / total if total > 0 else None

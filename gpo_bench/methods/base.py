@@ -1,0 +1,67 @@
+"""The one method interface: optionally fit on the seen groups, then predict a distribution over
+each target item's candidates for a group, given that group's K context items."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import TaskData
+from ..features import Features
+from ..protocol import Episode, Split
+
+
+@dataclass
+class Setup:
+    """Everything a method may use: the task, the split, one seed, and the candidate features."""
+
+    task: TaskData
+    split: Split
+    seed: int
+    device: str
+    work_dir: Path
+    features: Features | None = None
+    resume: bool = False
+
+
+class Method(abc.ABC):
+    """Subclasses register with `@METHODS.register(name, description)`; a card in `baselines/`
+    names the implementation and its settings."""
+
+    needs_features: bool = False
+
+    def __init__(self, settings: dict, setup: Setup) -> None:
+        self.settings = settings
+        self.setup = setup
+
+    def fit(self) -> dict:
+        """Train on the seen groups; returns facts worth recording (steps, best validation, …)."""
+        return {}
+
+    def predict(self, episodes: list[Episode]) -> list[list[np.ndarray]]:
+        """For each episode, one distribution per target item (in `episode.targets` order)."""
+        return [self.predict_episode(episode) for episode in episodes]
+
+    @abc.abstractmethod
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        """Distributions for one episode's targets."""
+
+    def target(self, group: str, item: str) -> np.ndarray:
+        return self.setup.task.groups[group].targets[item]
+
+    def n_candidates(self, item: str) -> int:
+        return len(self.setup.task.items[item].candidates)
+
+
+def segment_softmax(logits: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Softmax within consecutive segments of the given sizes (one per item)."""
+    out, start = [], 0
+    for size in sizes:
+        z = logits[start : start + size]
+        e = np.exp(z - z.max())
+        out.append(e / e.sum())
+        start += size
+    return out

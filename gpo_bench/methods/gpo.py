@@ -1,0 +1,360 @@
+"""Group Preference Optimization (Zhao, Dang & Grover, ICLR 2024), faithful to the authors' model.
+
+Each candidate is one point: x = its embedding, y = the group's probability for it. Context tokens
+are MLP([x; y]), target tokens MLP([x; 0]); a 6-layer post-LN transformer encoder without positional
+encoding in which every token attends to the context tokens only; a (mu, s) head; p = softmax of mu
+within each target item; loss = Gaussian NLL of y under N(p, exp(s)^2).
+
+Speed without changing the function: since no token attends to a target, the context tokens evolve
+on their own, and target tokens only query the context. Each layer therefore runs attention with the
+context as keys (cost T x C instead of (C+T)^2), using the very parameters of
+`nn.TransformerEncoderLayer`; a test checks equality with the masked `nn.TransformerEncoder`.
+
+Deviations from the authors' code, each a fix: validation groups (not the test groups) pick the
+checkpoint; the loss is the mean over real target points (theirs counts padding in the mean);
+validation context draws are fixed by the seed (theirs change at every evaluation)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..metrics import item_score
+from ..protocol import Episode, derived_rng, draw_episode
+from ..registry import METHODS
+from .base import Method
+
+log = logging.getLogger(__name__)
+
+
+def build_mlp(d_in: int, d_hidden: int, depth: int) -> nn.Sequential:
+    """Linear(d_in, h) and depth-1 more Linear(h, h), ReLU between (the authors' build_mlp)."""
+    layers: list[nn.Module] = [nn.Linear(d_in, d_hidden)]
+    for _ in range(depth - 1):
+        layers += [nn.ReLU(), nn.Linear(d_hidden, d_hidden)]
+    return nn.Sequential(*layers)
+
+
+class GPOModel(nn.Module):
+    def __init__(self, d_x: int, d_model: int, layers: int, heads: int, d_ff: int, mlp_depth: int) -> None:
+        super().__init__()
+        self.embed = build_mlp(d_x + 1, d_model, mlp_depth)
+        layer = nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 2))
+
+    def forward(self, ctx_x: torch.Tensor, ctx_y: torch.Tensor, tgt_x: torch.Tensor, layout: Layout):
+        """Packed points (no padding): ctx_x [ΣC, d], ctx_y [ΣC], tgt_x [ΣT, d] → mu, s [ΣT]."""
+        context = self.embed(torch.cat([ctx_x, ctx_y.unsqueeze(-1)], dim=-1))
+        targets = self.embed(torch.cat([tgt_x, tgt_x.new_zeros(len(tgt_x), 1)], dim=-1))
+        tokens = torch.cat([context, targets])[layout.order]
+        for layer in self.encoder.layers:
+            tokens = self.layer_step(layer, tokens, layout)
+        out = self.head(tokens[layout.target_positions])
+        return out[:, 0], out[:, 1]
+
+    @staticmethod
+    def layer_step(layer: nn.TransformerEncoderLayer, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """One post-LN encoder layer in which each group's tokens attend to that group's context
+        tokens only; the same arithmetic as `nn.MultiheadAttention` under the authors' mask."""
+        attention = layer.self_attn
+        heads, d_model = attention.num_heads, tokens.shape[-1]
+        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+        q = F.linear(tokens, w_q, b_q)
+        scale = (d_model // heads) ** -0.5
+        context = tokens[layout.context_positions]
+        k, v = F.linear(context, w_k, b_k), F.linear(context, w_v, b_v)
+        outputs = []
+        for start, end, ctx_start, ctx_end in layout.spans:
+            if ctx_end == ctx_start:  # K = 0: attending to nothing contributes zero before the projection
+                outputs.append(tokens.new_zeros(end - start, d_model))
+                continue
+            split = lambda t: t.unflatten(-1, (heads, -1)).transpose(0, 1)  # noqa: E731  [heads, n, d_head]
+            scores = split(q[start:end]) @ split(k[ctx_start:ctx_end]).transpose(1, 2) * scale
+            out = torch.softmax(scores, dim=-1) @ split(v[ctx_start:ctx_end])
+            outputs.append(out.transpose(0, 1).flatten(1))
+        tokens = layer.norm1(tokens + attention.out_proj(torch.cat(outputs)))
+        return layer.norm2(tokens + layer.linear2(layer.activation(layer.linear1(tokens))))
+
+
+def item_softmax(mu: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Softmax of `mu` within each segment (one segment per target item), vectorized."""
+    peak = mu.new_full((n_segments,), -math.inf).scatter_reduce(0, segment, mu, "amax", include_self=True)
+    e = torch.exp(mu - peak[segment])
+    return e / mu.new_zeros(n_segments).index_add(0, segment, e)[segment]
+
+
+def gaussian_nll(p: torch.Tensor, log_std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over points of -log N(y; p, exp(s)^2)."""
+    return -torch.distributions.Normal(p, torch.exp(log_std)).log_prob(y).mean()
+
+
+@dataclass
+class GroupPoints:
+    """One group's items as flat candidate points on the device."""
+
+    items: list[str]
+    rows: torch.Tensor  # feature row of each point
+    y: torch.Tensor  # the group's probability of each point
+    item_of: torch.Tensor  # index into `items` of each point
+
+
+@dataclass
+class Layout:
+    """Where each group's tokens sit in the packed sequence [ctx_1, tgt_1, ctx_2, tgt_2, ...]."""
+
+    order: torch.Tensor  # cat([all context, all targets])[order] = the packed sequence
+    context_positions: torch.Tensor
+    target_positions: torch.Tensor
+    spans: list[tuple[int, int, int, int]]  # per group: token start, end; its context's start, end
+
+    @classmethod
+    def build(cls, ctx_sizes: list[int], tgt_sizes: list[int], device: torch.device) -> Layout:
+        n_ctx = sum(ctx_sizes)
+        order, ctx_pos, tgt_pos, spans = [], [], [], []
+        position = ctx_seen = tgt_seen = 0
+        for c, t in zip(ctx_sizes, tgt_sizes, strict=True):
+            order += list(range(ctx_seen, ctx_seen + c)) + list(range(n_ctx + tgt_seen, n_ctx + tgt_seen + t))
+            ctx_pos += range(position, position + c)
+            tgt_pos += range(position + c, position + c + t)
+            spans.append((position, position + c + t, ctx_seen, ctx_seen + c))
+            position, ctx_seen, tgt_seen = position + c + t, ctx_seen + c, tgt_seen + t
+        as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        return cls(as_index(order), as_index(ctx_pos), as_index(tgt_pos), spans)
+
+
+@dataclass
+class Batch:
+    """Packed context and target points of several groups."""
+
+    ctx_rows: torch.Tensor  # [ΣC] feature rows
+    ctx_y: torch.Tensor
+    tgt_rows: torch.Tensor  # [ΣT]
+    tgt_y: torch.Tensor
+    tgt_segment: torch.Tensor  # [ΣT] item segment of each target point, unique across the batch
+    n_segments: int
+    layout: Layout
+
+
+def make_batch(groups: list[GroupPoints], ctx_items: list[torch.Tensor], tgt_items: list[torch.Tensor]) -> Batch:
+    """Whole items to context or target; points gathered by indexing, in item order."""
+    ctx_idx, tgt_idx, segments, offset = [], [], [], 0
+    for group, ctx, tgt in zip(groups, ctx_items, tgt_items, strict=True):
+        role = torch.zeros(len(group.items), dtype=torch.long, device=group.rows.device)
+        role[ctx] = 1
+        role[tgt] = 2
+        point_role = role[group.item_of]
+        ctx_idx.append(torch.nonzero(point_role == 1).squeeze(1))
+        t = torch.nonzero(point_role == 2).squeeze(1)
+        tgt_idx.append(t)
+        segments.append(group.item_of[t] + offset)
+        offset += len(group.items)
+    device = groups[0].rows.device
+    return Batch(
+        ctx_rows=torch.cat([g.rows[i] for g, i in zip(groups, ctx_idx, strict=True)]),
+        ctx_y=torch.cat([g.y[i] for g, i in zip(groups, ctx_idx, strict=True)]),
+        tgt_rows=torch.cat([g.rows[i] for g, i in zip(groups, tgt_idx, strict=True)]),
+        tgt_y=torch.cat([g.y[i] for g, i in zip(groups, tgt_idx, strict=True)]),
+        tgt_segment=torch.cat(segments),
+        n_segments=offset,
+        layout=Layout.build([len(i) for i in ctx_idx], [len(i) for i in tgt_idx], device),
+    )
+
+
+@METHODS.register("gpo", "Group Preference Optimization: meta-trained in-context transformer (ICLR 2024)")
+class GPO(Method):
+    needs_features = True
+
+    def __init__(self, settings: dict, setup) -> None:
+        super().__init__(settings, setup)
+        self.device = torch.device(setup.device)
+        features = setup.features
+        self.x = torch.as_tensor(features.matrix, dtype=torch.float32, device=self.device)
+        self.points = {g: self.group_points(g) for g in setup.task.groups}
+        torch.manual_seed(setup.seed)
+        s = settings
+        self.model = GPOModel(features.dim, s["d_model"], s["layers"], s["heads"], s["d_ff"], s["mlp_depth"])
+        self.model.to(self.device)
+        if self.device.type == "cuda" and s.get("tf32"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(s.get("bf16")))
+        self.checkpoint_path = setup.work_dir / "checkpoint.pt"
+
+    def group_points(self, group_id: str) -> GroupPoints:
+        features, targets = self.setup.features, self.setup.task.groups[group_id].targets
+        items = sorted(targets)
+        rows = np.concatenate([features.rows[i] for i in items])
+        y = np.concatenate([targets[i] for i in items])
+        item_of = np.concatenate([np.full(len(targets[i]), n) for n, i in enumerate(items)])
+        as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
+        return GroupPoints(
+            items, as_tensor(rows, torch.long), as_tensor(y, torch.float32), as_tensor(item_of, torch.long)
+        )
+
+    def run_model(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ p (per-item softmax), log std and the targets, per target point."""
+        with self.autocast:
+            mu, log_std = self.model(self.x[batch.ctx_rows], batch.ctx_y, self.x[batch.tgt_rows], batch.layout)
+        p = item_softmax(mu.float(), batch.tgt_segment, batch.n_segments)
+        return p, log_std.float(), batch.tgt_y
+
+    # ---- meta-training ------------------------------------------------------------------------
+
+    def sample_batch(self, generator: torch.Generator) -> Batch:
+        """Per group: a random permutation of its items; n_ctx ~ U{10..100} and n_tgt ~
+        U{10..min(100, N - n_ctx)} whole items (bounds shrink for groups with under 20 items)."""
+        names = list(self.setup.split.train)
+        per_step = self.settings.get("groups_per_step") or len(names)
+        if per_step < len(names):
+            names = [names[i] for i in torch.randperm(len(names), generator=generator)[:per_step].tolist()]
+        (ctx_lo, ctx_hi), (tgt_lo, tgt_hi) = self.settings["context_items"], self.settings["target_items"]
+        groups, ctx_items, tgt_items = [], [], []
+        for name in names:
+            group = self.points[name]
+            n = len(group.items)
+            hi = max(1, min(ctx_hi, n - min(tgt_lo, n // 2)))
+            lo = min(ctx_lo, hi)
+            n_ctx = int(torch.randint(lo, hi + 1, (1,), generator=generator))
+            t_hi = max(1, min(tgt_hi, n - n_ctx))
+            n_tgt = int(torch.randint(min(tgt_lo, t_hi), t_hi + 1, (1,), generator=generator))
+            order = torch.randperm(n, generator=generator).to(self.device)
+            groups.append(group)
+            ctx_items.append(order[:n_ctx])
+            tgt_items.append(order[n_ctx : n_ctx + n_tgt])
+        return make_batch(groups, ctx_items, tgt_items)
+
+    def fit(self) -> dict:
+        s = self.settings
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=s["lr"])
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s["max_steps"])
+        generator = torch.Generator().manual_seed(int(derived_rng("gpo-train", self.setup.seed).integers(2**63)))
+        state = {"step": 0, "best_score": -math.inf, "best_step": 0, "best_model": None, "stale": 0, "history": []}
+        if self.setup.resume and self.checkpoint_path.exists():
+            saved = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            state = saved["state"]
+            log.info("gpo: resumed from %s at step %d", self.checkpoint_path, state["step"])
+        timing = {"sample_s": 0.0, "step_s": 0.0, "validate_s": 0.0}
+        progress = tqdm(total=s["max_steps"], initial=state["step"], desc=f"gpo seed {self.setup.seed}", unit="step")
+        while state["step"] < s["max_steps"]:
+            self.model.train()
+            tick = time.perf_counter()
+            batch = self.sample_batch(generator)
+            timing["sample_s"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            loss = gaussian_nll(*self.run_model(batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            timing["step_s"] += time.perf_counter() - tick
+            state["step"] += 1
+            progress.update()
+            if state["step"] % s["eval_every"] == 0 or state["step"] == s["max_steps"]:
+                tick = time.perf_counter()
+                score = self.validate()
+                timing["validate_s"] += time.perf_counter() - tick
+                state["history"].append((state["step"], loss.item(), score))
+                progress.set_postfix(
+                    loss=f"{loss.item():.3f}", val=f"{score:.4f}", best=f"{max(score, state['best_score']):.4f}"
+                )
+                if score > state["best_score"]:
+                    state.update(best_score=score, best_step=state["step"], stale=0)
+                    state["best_model"] = copy.deepcopy(self.model.state_dict())
+                else:
+                    state["stale"] += 1
+                self.save_checkpoint(optimizer, scheduler, generator, state)
+                if s.get("patience") and state["stale"] >= s["patience"]:
+                    log.info(
+                        "gpo: no validation gain in %d evaluations; stopping at step %d", s["patience"], state["step"]
+                    )
+                    break
+        progress.close()
+        if state["best_model"] is not None:
+            self.model.load_state_dict(state["best_model"])
+        return {
+            "steps": state["step"],
+            "best_step": state["best_step"],
+            "best_validation": state["best_score"],
+            "history": state["history"],
+            "timing": timing,
+        }
+
+    def save_checkpoint(self, optimizer, scheduler, generator: torch.Generator, state: dict) -> None:
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "state": state,
+            },
+            tmp,
+        )
+        os.replace(tmp, self.checkpoint_path)
+
+    def validate(self) -> float:
+        """Mean alignment over the validation groups, each with `validation_shots` fixed context items."""
+        task = self.setup.task
+        episodes = [
+            draw_episode(task, g, self.settings["validation_shots"], self.setup.seed)
+            for g in self.setup.split.validation
+        ]
+        per_group = []
+        for episode, preds in zip(episodes, self.predict(episodes), strict=True):
+            targets = task.groups[episode.group].targets
+            scores = [
+                item_score(task.metric, p, targets[i], task.items[i].ordinal)
+                for i, p in zip(episode.targets, preds, strict=True)
+            ]
+            per_group.append(np.mean(scores))
+        return float(np.mean(per_group))
+
+    # ---- evaluation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, episodes: list[Episode]) -> list[list[np.ndarray]]:
+        """All episodes in one batch: every target item of every group in one model call."""
+        self.model.eval()
+        groups, ctx_items, tgt_items = [], [], []
+        for episode in episodes:
+            group = self.points[episode.group]
+            index = {item: n for n, item in enumerate(group.items)}
+            groups.append(group)
+            ctx_items.append(torch.tensor([index[i] for i in episode.context], dtype=torch.long, device=self.device))
+            tgt_items.append(torch.tensor([index[i] for i in episode.targets], dtype=torch.long, device=self.device))
+        batch = make_batch(groups, ctx_items, tgt_items)
+        p, _, _ = self.run_model(batch)
+        p = p.double().cpu().numpy()
+        segment = batch.tgt_segment.cpu().numpy()
+        out, offset, start = [], 0, 0
+        for episode, group, targets in zip(episodes, groups, tgt_items, strict=True):
+            preds = []
+            for item, position in zip(episode.targets, targets.tolist(), strict=True):
+                size = len(self.setup.task.items[item].candidates)
+                if segment[start] != offset + position:
+                    raise RuntimeError("gpo: target points out of item order")  # make_batch keeps item order
+                preds.append(p[start : start + size] / p[start : start + size].sum())
+                start += size
+            out.append(preds)
+            offset += len(group.items)
+        return out
+
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        return self.predict([episode])[0]

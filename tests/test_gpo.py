@@ -1,0 +1,84 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gpo_bench.methods.gpo import GPOModel, Layout, gaussian_nll, item_softmax
+
+
+def small_model(d_x=6):
+    torch.manual_seed(0)
+    return GPOModel(d_x, d_model=16, layers=2, heads=4, d_ff=16, mlp_depth=4).eval()
+
+
+def reference_forward(model, ctx_x, ctx_y, tgt_x):
+    """The authors' formulation: one sequence [context; targets] through nn.TransformerEncoder with an
+    additive mask that lets every token attend to the context tokens only."""
+    context = model.embed(torch.cat([ctx_x, ctx_y[:, None]], -1))
+    targets = model.embed(torch.cat([tgt_x, torch.zeros(len(tgt_x), 1)], -1))
+    n = len(context) + len(targets)
+    mask = torch.full((n, n), -math.inf)
+    mask[:, : len(context)] = 0
+    out = model.head(model.encoder(torch.cat([context, targets])[None], mask=mask)[0, len(context) :])
+    return out[:, 0], out[:, 1]
+
+
+def test_packed_attention_equals_masked_transformer_encoder():
+    model = small_model()
+    g = torch.Generator().manual_seed(1)
+    groups = [
+        (torch.randn(c, 6, generator=g), torch.rand(c, generator=g), torch.randn(t, 6, generator=g))
+        for c, t in ((5, 7), (3, 4), (8, 2))
+    ]
+    with torch.no_grad():
+        mu, s = model(
+            torch.cat([c for c, _, _ in groups]),
+            torch.cat([y for _, y, _ in groups]),
+            torch.cat([t for _, _, t in groups]),
+            Layout.build([5, 3, 8], [7, 4, 2], torch.device("cpu")),
+        )
+        expected = [reference_forward(model, *group) for group in groups]
+    torch.testing.assert_close(mu, torch.cat([m for m, _ in expected]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s, torch.cat([v for _, v in expected]), atol=1e-5, rtol=1e-5)
+
+
+def forward_one(model, ctx_x, ctx_y, tgt_x):
+    with torch.no_grad():
+        return model(ctx_x, ctx_y, tgt_x, Layout.build([len(ctx_x)], [len(tgt_x)], torch.device("cpu")))[0]
+
+
+def test_targets_do_not_see_each_other_and_context_order_does_not_matter():
+    model = small_model()
+    g = torch.Generator().manual_seed(2)
+    ctx_x, ctx_y, tgt_x = torch.randn(6, 6, generator=g), torch.rand(6, generator=g), torch.randn(5, 6, generator=g)
+    base = forward_one(model, ctx_x, ctx_y, tgt_x)
+    changed = tgt_x.clone()
+    changed[2] += 3.0
+    after = forward_one(model, ctx_x, ctx_y, changed)
+    keep = [0, 1, 3, 4]
+    torch.testing.assert_close(after[keep], base[keep])
+    assert not torch.allclose(after[2], base[2])
+    perm = torch.randperm(6, generator=g)
+    torch.testing.assert_close(forward_one(model, ctx_x[perm], ctx_y[perm], tgt_x), base, atol=1e-5, rtol=1e-5)
+    # and the context does matter
+    assert not torch.allclose(forward_one(model, ctx_x, 1 - ctx_y, tgt_x), base)
+
+
+def test_empty_context_is_allowed():
+    model = small_model()
+    out = forward_one(model, torch.zeros(0, 6), torch.zeros(0), torch.randn(4, 6))
+    assert out.shape == (4,) and torch.isfinite(out).all()
+
+
+def test_softmax_is_per_item_and_loss_matches_hand_computation():
+    # item A has two candidates, item B three; softmax must not mix them
+    mu = torch.tensor([0.0, math.log(3.0), 0.0, 0.0, math.log(2.0)])
+    segment = torch.tensor([0, 0, 1, 1, 1])
+    p = item_softmax(mu, segment, 2)
+    torch.testing.assert_close(p, torch.tensor([0.25, 0.75, 0.25, 0.25, 0.5]))
+    log_std = torch.tensor([0.0, 0.0, math.log(0.5), math.log(0.5), math.log(0.5)])
+    y = torch.tensor([0.0, 1.0, 0.25, 0.25, 0.5])
+    # -log N(y; p, s^2) = log s + log sqrt(2 pi) + (y - p)^2 / (2 s^2)
+    terms = [0 + 0.5 * math.log(2 * math.pi) + 0.25**2 / 2] * 2 + [math.log(0.5) + 0.5 * math.log(2 * math.pi)] * 3
+    assert float(gaussian_nll(p, log_std, y)) == pytest.approx(np.mean(terms), abs=1e-6)
