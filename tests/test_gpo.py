@@ -82,3 +82,70 @@ def test_softmax_is_per_item_and_loss_matches_hand_computation():
     # -log N(y; p, s^2) = log s + log sqrt(2 pi) + (y - p)^2 / (2 s^2)
     terms = [0 + 0.5 * math.log(2 * math.pi) + 0.25**2 / 2] * 2 + [math.log(0.5) + 0.5 * math.log(2 * math.pi)] * 3
     assert float(gaussian_nll(p, log_std, y)) == pytest.approx(np.mean(terms), abs=1e-6)
+
+
+def synthetic_setup(tmp_path, seed=0, resume=False):
+    from gpo_bench.cards import load_task_card
+    from gpo_bench.encoders import Encoder, EncoderSpec
+    from gpo_bench.features import build_features
+    from gpo_bench.methods.base import Setup
+    from gpo_bench.protocol import split_groups
+    from gpo_bench.runner import load_task
+
+    card = load_task_card("synthetic")
+    task = load_task(card, None)
+    features = build_features(task, Encoder(EncoderSpec.parse("bow"), "cpu", tmp_path / "cache"), card.instruction)
+    split = split_groups(list(task.groups), card.train_frac, card.val_frac, 0)
+    return Setup(task, split, seed, "cpu", tmp_path / "run", features, resume)
+
+
+TINY = {
+    "d_model": 16,
+    "layers": 1,
+    "heads": 2,
+    "d_ff": 16,
+    "mlp_depth": 2,
+    "lr": 1e-3,
+    "max_steps": 30,
+    "eval_every": 10,
+    "patience": None,
+    "validation_shots": 5,
+    "context_items": [10, 100],
+    "target_items": [10, 100],
+    "groups_per_step": None,
+    "bf16": False,
+    "tf32": False,
+}
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    from gpo_bench.methods.gpo import GPO
+    from gpo_bench.protocol import draw_episode
+
+    def predictions(method):
+        episodes = [draw_episode(method.setup.task, g, 5, 0) for g in method.setup.split.test]
+        return np.concatenate([np.concatenate(p) for p in method.predict(episodes)])
+
+    straight = GPO(TINY, synthetic_setup(tmp_path / "a"))
+    straight_fit = straight.fit()
+
+    calls = {"n": 0}
+    original = GPO.validate
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # at step 20, before its checkpoint: the last checkpoint is step 10's
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(GPO, "validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        GPO(TINY, synthetic_setup(tmp_path / "b")).fit()
+    monkeypatch.setattr(GPO, "validate", original)
+    resumed = GPO(TINY, synthetic_setup(tmp_path / "b", resume=True))
+    resumed_fit = resumed.fit()
+    assert resumed_fit["history"] == straight_fit["history"] and resumed_fit["steps"] == 30
+    np.testing.assert_array_equal(predictions(resumed), predictions(straight))
+    # without --resume the same folder trains from scratch, and training is deterministic
+    again = GPO(TINY, synthetic_setup(tmp_path / "b"))
+    assert again.fit()["history"] == straight_fit["history"]

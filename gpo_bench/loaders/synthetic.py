@@ -43,7 +43,7 @@ def load_synthetic(card: TaskCard, data_dir: Path | None) -> TaskData:
         pairs = [rng.choice(len(TOPICS), size=2, replace=False) for _ in range(source["candidates"])]
         item = Item(
             f"syn-{i:04d}",
-            f"Survey question {i}: which should the government focus on first?",
+            "Which should come first?",
             tuple(f"{TOPICS[a]} and {TOPICS[b]}" for a, b in pairs),
         )
         items[item.id] = item
