@@ -63,7 +63,11 @@ def authors_style_step(gpo: GPO, generator: torch.Generator, optimizer) -> dict:
         n_tgt = int(torch.randint(10, min(100, n - n_ctx) + 1, (1,), generator=generator))
         order = torch.randperm(n, generator=generator).tolist()
         ctx, tgt = [items[i] for i in order[:n_ctx]], [items[i] for i in order[n_ctx : n_ctx + n_tgt]]
-        cx = [features.matrix[r].tolist() + [float(y)] for i in ctx for r, y in zip(features.rows[i], targets[i])]
+        cx = [
+            features.matrix[r].tolist() + [float(y)]
+            for i in ctx
+            for r, y in zip(features.rows[i], targets[i], strict=True)
+        ]
         tx = [features.matrix[r].tolist() + [0.0] for i in tgt for r in features.rows[i]]
         xs.append((cx, tx))
         ys.append([float(y) for i in tgt for y in targets[i]])
@@ -147,7 +151,7 @@ def authors_style_eval(gpo: GPO, shots: int, calls: int) -> tuple[float, int]:
         ctx = [
             features.matrix[r].tolist() + [float(y)]
             for i in episode.context
-            for r, y in zip(features.rows[i], targets[i])
+            for r, y in zip(features.rows[i], targets[i], strict=True)
         ]
         jobs += [(ctx, features.matrix[r].tolist()) for i in episode.targets for r in features.rows[i]]
     tick = time.perf_counter()
