@@ -23,7 +23,7 @@ def main() -> None:
 
     card = load_task_card("opinionqa")
     task = load_task(card, args.data_dir)
-    triples = [t for i in sorted(task.items) for t in candidate_triples(task.items[i], card.instruction)][: args.limit]
+    triples = [t for i in sorted(task.items) for t in candidate_triples(task.items[i], card)][: args.limit]
     with tempfile.TemporaryDirectory() as cache:
         encoder = Encoder(EncoderSpec.parse("minilm"), device="cpu", cache_dir=Path(cache))
         texts = encoder.render(triples)

@@ -204,7 +204,7 @@ def main() -> None:
     if args.data_dir:
         card = load_task_card("opinionqa")
         real = load_task(card, args.data_dir)
-        features = build_features(real, Encoder(EncoderSpec.parse("minilm"), device="cpu"), card.instruction)
+        features = build_features(real, Encoder(EncoderSpec.parse("minilm"), device="cpu"), card)
         report("real OpinionQA, MiniLM features", real, features, args.steps, args.reference_calls)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -43,6 +43,7 @@ TASK_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
     "train_frac": ((float, int), False, 0.4),
     "val_frac": ((float, int), False, 0.2),
     "instruction": ((str,), False, "Answer the following question by picking ONE of the given options"),
+    "candidate_format": ((str,), False, "lettered_options"),
     "reference": ((str, type(None)), False, None),
 }
 METHOD_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
@@ -55,6 +56,9 @@ METHOD_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
 }
 METRICS = ("alignment", "accuracy")
 PROTOCOLS = ("opinion",)
+# lettered_options: the prompt lists the lettered options and the response is "A. option" (GPO's embedding text);
+# response: the prompt alone, the candidate as the response (pairwise responses, the synthetic task)
+CANDIDATE_FORMATS = ("lettered_options", "response")
 
 
 def _validate(raw: Any, fields: dict, path: Path) -> dict[str, Any]:
@@ -95,6 +99,7 @@ class TaskCard:
     train_frac: float
     val_frac: float
     instruction: str
+    candidate_format: str
     reference: str | None
     path: str
 
@@ -105,6 +110,10 @@ class TaskCard:
             raise CardError(f"{path}: field 'metric' must be one of {METRICS}, got {card['metric']!r}")
         if card["protocol"] not in PROTOCOLS:
             raise CardError(f"{path}: field 'protocol' must be one of {PROTOCOLS}, got {card['protocol']!r}")
+        if card["candidate_format"] not in CANDIDATE_FORMATS:
+            raise CardError(
+                f"{path}: field 'candidate_format' must be one of {CANDIDATE_FORMATS}, got {card['candidate_format']!r}"
+            )
         if not all(isinstance(k, int) and k >= 0 for k in card["shots"]):
             raise CardError(f"{path}: field 'shots' must be a list of non-negative integers")
         if not 0 < card["train_frac"] < 1 or not 0 < card["val_frac"] < 1:

@@ -214,7 +214,7 @@ def execute(
     if implementation.needs_features:
         tick = time.perf_counter()
         encoder = Encoder(EncoderSpec.parse(resolved["encoder"]), device=device, cache_dir=cache_dir)
-        features = build_features(task, encoder, task_card.instruction)
+        features = build_features(task, encoder, task_card)
         encoder_stats = dict(encoder.stats, dim=features.dim)
         timings["encode_s"] = time.perf_counter() - tick
 
