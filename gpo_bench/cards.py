@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .protocol import PERSONALIZED_DEFAULTS, PROTOCOLS
 from .registry import unknown_name
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -38,6 +39,7 @@ TASK_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
     "hub_id": ((str, type(None)), False, None),
     "groups": ((list, type(None)), False, None),
     "protocol": ((str,), True, None),
+    "protocol_settings": ((dict,), False, {}),
     "metric": ((str,), True, None),
     "shots": ((list,), True, None),
     "train_frac": ((float, int), False, 0.4),
@@ -55,7 +57,6 @@ METHOD_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
     "reference": ((str, type(None)), False, None),
 }
 METRICS = ("alignment", "accuracy")
-PROTOCOLS = ("opinion",)
 # lettered_options: the prompt lists the lettered options and the response is "A. option" (GPO's embedding text);
 # response: the prompt alone, the candidate as the response (pairwise responses, the synthetic task)
 CANDIDATE_FORMATS = ("lettered_options", "response")
@@ -94,6 +95,7 @@ class TaskCard:
     hub_id: str | None
     groups: list | None
     protocol: str
+    protocol_settings: dict
     metric: str
     shots: list
     train_frac: float
@@ -110,6 +112,11 @@ class TaskCard:
             raise CardError(f"{path}: field 'metric' must be one of {METRICS}, got {card['metric']!r}")
         if card["protocol"] not in PROTOCOLS:
             raise CardError(f"{path}: field 'protocol' must be one of {PROTOCOLS}, got {card['protocol']!r}")
+        if card["protocol"] == "opinion" and card["protocol_settings"]:
+            raise CardError(f"{path}: the opinion protocol takes no 'protocol_settings'")
+        unknown = set(card["protocol_settings"]) - set(PERSONALIZED_DEFAULTS.get(card["protocol"], {}))
+        if unknown:
+            raise CardError(f"{path}: unknown protocol_settings {sorted(unknown)} for protocol {card['protocol']!r}")
         if card["candidate_format"] not in CANDIDATE_FORMATS:
             raise CardError(
                 f"{path}: field 'candidate_format' must be one of {CANDIDATE_FORMATS}, got {card['candidate_format']!r}"

@@ -1,4 +1,4 @@
-"""The `gpo-bench` command line: `list` and `run`."""
+"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard` and `plot`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,23 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def str_list(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("tasks:")
     for name in task_names():
@@ -50,12 +67,13 @@ def print_table(result: dict) -> None:
         f"\n{spec['task']} / {spec['method']}  encoder={spec['encoder']}  train_frac={spec['train_frac']}  "
         f"seeds={spec['seeds']}  test groups={len(result['split']['test'])}"
     )
-    print(f"{'K':>4}  {metric:>9}  {'95% CI':>17}  {'pooled':>7}  {'items':>7}")
+    subsets = [name for name in ("seen", "unseen") if any(name in c for c in result["metrics"].values())]
+    print(f"{'K':>4}  {metric:>13}  {'95% CI':>17}" + "".join(f"  {name:>7}" for name in subsets) + f"  {'items':>7}")
     for shots, cell in sorted(result["metrics"].items(), key=lambda kv: int(kv[0])):
         s = cell[metric]
-        print(
-            f"{shots:>4}  {s['mean']:9.4f}  [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]  {s['pooled']:7.4f}  {s['n_items']:7d}"
-        )
+        extra = "".join(f"  {cell[name][metric]['mean']:7.4f}" if name in cell else f"  {'-':>7}" for name in subsets)
+        items = cell.get("user_accuracy", s)["n_items"]
+        print(f"{shots:>4}  {s['mean']:13.4f}  [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]{extra}  {items:7d}")
     print(f"run folder: {result['run_folder']}")
 
 
@@ -77,6 +95,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = execute(spec, data_dir, args.output_dir, args.device, args.force, args.resume, args.cache_dir)
     result["run_folder"] = str(args.output_dir / "runs" / run_id(result["spec"]))
     print_table(result)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import Options, absolute, describe, make_grid, plan, sweep
+
+    flags = {
+        "tasks": args.tasks,
+        "methods": args.methods,
+        "encoders": args.encoders,
+        "train_fracs": args.train_fracs,
+        "shots": args.shots,
+        "seeds": args.seeds,
+        "split_seed": args.split_seed,
+        "limit_items": args.limit_items,
+        "set": args.set,
+    }
+    runs = plan(make_grid(args.file, flags))
+    options = absolute(
+        Options(resolve_data_dir(args.data_dir), args.output_dir, args.device, args.force, args.cache_dir)
+    )
+    if args.dry_run:
+        print(describe(runs, args.output_dir))
+        return 0
+    report = sweep(runs, options, args.jobs, args.backend, args.ray_address, args.cpus_per_run, args.gpus_per_run)
+    print(report.summary(args.output_dir))
+    return 1 if report.failed else 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from . import leaderboard
+
+    board = leaderboard.build(args.output_dir, args.task, args.encoder, args.shots)
+    if not board.rows:
+        print(f"gpo-bench: no finished runs under {args.output_dir / 'runs'} match", file=sys.stderr)
+        return 1
+    for path in leaderboard.write(board, args.output_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plots
+
+    if args.kind == "shots":
+        paths = plots.plot_shots(args.output_dir, args.task, args.train_frac, args.encoder, args.methods)
+    else:
+        paths = plots.plot_groups(args.output_dir, args.task, args.shots, args.train_frac, args.encoder, args.methods)
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 
@@ -152,6 +220,136 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run again even if this spec already finished")
     run.add_argument("--resume", action="store_true", help="continue an interrupted training from its checkpoint")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a grid of tasks × methods × encoders × train-fracs × seeds (all shots in each run); "
+        "skips finished runs, records failures in <run>/error.json",
+    )
+    sweep.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="YAML sweep file with tasks, methods, encoders, train_fracs, shots, seeds, split_seed, limit_items, "
+        "set (a mapping of overrides); flags given on the command line replace its fields",
+    )
+    sweep.add_argument("--tasks", type=str_list, default=None, help="comma-separated task card names")
+    sweep.add_argument("--methods", type=str_list, default=None, help="comma-separated method card names")
+    sweep.add_argument(
+        "--encoders",
+        type=str_list,
+        default=None,
+        help=f"comma-separated encoders (default {DEFAULT_ENCODER}); methods without features ignore them",
+    )
+    sweep.add_argument(
+        "--train-fracs",
+        type=float_list,
+        default=None,
+        help="comma-separated meta-train fractions, e.g. 0.4,0.6,0.8 (default: each task card's)",
+    )
+    sweep.add_argument(
+        "--shots",
+        type=int_list,
+        default=None,
+        help="comma-separated K values, all evaluated inside each run (default: each task card's grid)",
+    )
+    sweep.add_argument(
+        "--seeds", type=int_list, default=None, help="comma-separated seeds, one run each (default 0,1,2)"
+    )
+    sweep.add_argument("--split-seed", type=int, default=None, help="seed of the group split (default 0)")
+    sweep.add_argument("--limit-items", type=int, default=None, help="keep only the first N items (quick sweeps)")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[METHOD.]KEY=VALUE",
+        help="override a card setting for every method that has it (max_steps=1000) or for one method "
+        "(gpo.max_steps=1000); repeatable",
+    )
+    sweep.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder with the raw data (e.g. ../shared/data); default ${DATA_ENV}, else the Hub",
+    )
+    sweep.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="where runs/ is written (default results)"
+    )
+    sweep.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="embedding cache folder (default $GPO_BENCH_CACHE or ~/.cache/gpo-bench)",
+    )
+    sweep.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where models run (default auto)"
+    )
+    sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (default 1)")
+    sweep.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine (--jobs processes); ray: one Ray task per run (pip install 'gpo-bench[ray]')",
+    )
+    sweep.add_argument(
+        "--ray-address",
+        default=None,
+        help="address of an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one. "
+        "--output-dir must then be a folder every node shares",
+    )
+    sweep.add_argument("--cpus-per-run", type=float, default=1, help="CPUs each Ray task asks for (default 1)")
+    sweep.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0,
+        help="GPUs each Ray task asks for, for methods that encode text and train (default 0)",
+    )
+    sweep.add_argument("--force", action="store_true", help="run every run again, even finished ones")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
+    sweep.set_defaults(func=cmd_sweep)
+
+    board = sub.add_parser(
+        "leaderboard", help="write OUTPUT/leaderboard.{md,csv,html} from the run folders OUTPUT/runs/*/result.json"
+    )
+    board.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="folder holding runs/ (default results)"
+    )
+    board.add_argument("--task", type=str_list, default=None, help="only these tasks (comma-separated)")
+    board.add_argument(
+        "--encoder", default=None, help="only runs with this encoder (and methods that use none), e.g. minilm"
+    )
+    board.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="K shown in every column (default: 20 where a column has it, else its largest K)",
+    )
+    board.set_defaults(func=cmd_leaderboard)
+
+    plot = sub.add_parser("plot", help="plots from the run folders, PNG and SVG under OUTPUT/plots/")
+    kinds = plot.add_subparsers(dest="kind", required=True)
+    shots = kinds.add_parser("shots", help="headline metric against K per method, CI bands, one panel per task")
+    shots.add_argument(
+        "--task", type=str_list, default=None, help="tasks, one panel each (comma-separated; default: all run)"
+    )
+    groups = kinds.add_parser("groups", help="per-group values of every method on one task, with CI bars")
+    groups.add_argument("--task", required=True, help="the task")
+    groups.add_argument("--shots", type=int, default=None, help="K shown (default: 20 where run, else the largest K)")
+    for kind in (shots, groups):
+        kind.add_argument(
+            "--output-dir", type=Path, default=Path("results"), help="folder holding runs/ (default results)"
+        )
+        kind.add_argument(
+            "--train-frac",
+            type=float,
+            default=None,
+            help="meta-train fraction shown (default: the task card's where run, else the smallest run)",
+        )
+        kind.add_argument(
+            "--encoder", default=None, help="only runs with this encoder (and methods that use none), e.g. minilm"
+        )
+        kind.add_argument("--methods", type=str_list, default=None, help="only these methods (comma-separated)")
+        kind.set_defaults(func=cmd_plot)
     return parser
 
 

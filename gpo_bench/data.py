@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,10 +37,12 @@ class Item:
 
 @dataclass
 class Group:
-    """A demographic group, a country or a user: its target distribution per answered item."""
+    """A demographic group, a country or a user: its target distribution per answered item, and for
+    personalized tasks which of its items the source puts in its training pool or its test set."""
 
     id: str
     targets: dict[str, np.ndarray] = field(default_factory=dict)
+    partition: dict[str, str] = field(default_factory=dict)  # item id → "train" | "test"
 
 
 @dataclass
@@ -66,6 +69,19 @@ class TaskData:
                     raise DataError(f"task {self.name!r}: group {group.id!r} answers unknown item {item_id!r}")
                 check_distribution(target, len(item.candidates), f"group {group.id!r} item {item_id!r} target")
 
+    def view(self, allowed: dict[str, Iterable[str]]) -> TaskData:
+        """The same task holding only the given groups, each with only the given items' targets."""
+        groups = {}
+        for group_id, items in allowed.items():
+            source = self.groups[group_id]
+            keep = [i for i in items if i in source.targets]
+            groups[group_id] = Group(
+                group_id,
+                {i: source.targets[i] for i in keep},
+                {i: source.partition[i] for i in keep if i in source.partition},
+            )
+        return TaskData(self.name, self.metric, self.items, groups, self.drops, self.notes)
+
     def fingerprint(self) -> str:
         """A hash of everything a method or metric can see, so results can be tied to their data."""
         digest = hashlib.sha256()
@@ -73,8 +89,9 @@ class TaskData:
             item = self.items[item_id]
             digest.update(json.dumps([item.id, item.prompt, item.candidates, item.ordinal]).encode())
         for group_id in sorted(self.groups):
-            for item_id, target in sorted(self.groups[group_id].targets.items()):
-                digest.update(f"{group_id}\0{item_id}\0".encode())
+            group = self.groups[group_id]
+            for item_id, target in sorted(group.targets.items()):
+                digest.update(f"{group_id}\0{item_id}\0{group.partition.get(item_id, '')}\0".encode())
                 digest.update(np.round(target, 10).astype(np.float64).tobytes())
         return digest.hexdigest()[:16]
 

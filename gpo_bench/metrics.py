@@ -4,7 +4,8 @@
 - Alignment without ordinal values: 1 - Jensen-Shannon distance (natural log, range [0, sqrt(ln 2)]).
 - Accuracy: the argmax of the prediction is the chosen candidate; an exact tie counts wrong.
 Aggregation: mean over a group's items, mean over groups, mean over seeds; also pooled over items.
-CIs: percentile bootstrap resampling groups and seeds with replacement, from an explicit seed."""
+CIs: percentile bootstrap resampling groups and seeds with replacement, from an explicit seed; the
+pooled mean's CI resamples items within each seed."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ BOOTSTRAP_SAMPLES = 2000
 CI_LEVEL = 0.95
 CI_METHOD = (
     f"percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples, {CI_LEVEL:.0%}) of the mean over groups and seeds, "
-    "resampling groups and seeds with replacement"
+    "resampling groups and seeds with replacement; pooled_ci resamples items within each seed"
 )
 
 
@@ -71,6 +72,7 @@ class Summary:
     mean: float
     ci: tuple[float, float]
     pooled: float
+    pooled_ci: tuple[float, float]
     per_group: dict[str, float]
     n_groups: int
     n_items: int
@@ -81,6 +83,7 @@ class Summary:
             "mean": self.mean,
             "ci": list(self.ci),
             "pooled": self.pooled,
+            "pooled_ci": list(self.pooled_ci),
             "per_group": self.per_group,
             "n_groups": self.n_groups,
             "n_items": self.n_items,
@@ -101,6 +104,17 @@ def bootstrap_ci(table: np.ndarray, seed: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def pooled_bootstrap_ci(by_seed: list[np.ndarray], seed: int) -> tuple[float, float]:
+    """CI of the item-pooled mean: items resampled with replacement within each seed."""
+    rng = np.random.default_rng(seed)
+    means = np.mean(
+        [v[rng.integers(0, len(v), size=(BOOTSTRAP_SAMPLES, len(v)))].mean(axis=1) for v in by_seed], axis=0
+    )
+    alpha = (1 - CI_LEVEL) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 def summarize(scores: list[tuple[int, str, float]], ci_seed: int) -> Summary:
     """(seed, group, item score) records → mean over items, groups, seeds; pooled; bootstrap CI."""
     by_cell: dict[tuple[int, str], list[float]] = defaultdict(list)
@@ -111,11 +125,12 @@ def summarize(scores: list[tuple[int, str, float]], ci_seed: int) -> Summary:
     table = np.full((len(seeds), len(groups)), np.nan)
     for (seed, group), values in by_cell.items():
         table[seeds.index(seed), groups.index(group)] = np.mean(values)
-    pooled_by_seed = [np.mean([s for sd, _, s in scores if sd == seed]) for seed in seeds]
+    by_seed = [np.array([s for sd, _, s in scores if sd == seed]) for seed in seeds]
     return Summary(
         mean=float(np.mean(np.nanmean(table, axis=1))),
         ci=bootstrap_ci(table, ci_seed),
-        pooled=float(np.mean(pooled_by_seed)),
+        pooled=float(np.mean([v.mean() for v in by_seed])),
+        pooled_ci=pooled_bootstrap_ci(by_seed, ci_seed),
         per_group={g: float(np.nanmean(table[:, j])) for j, g in enumerate(groups)},
         n_groups=len(groups),
         n_items=len(scores),

@@ -24,12 +24,12 @@ from . import (
     methods,  # noqa: F401  (registers the methods)
 )
 from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
-from .data import DataError, Group, TaskData
+from .data import DataError, TaskData
 from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec, resolve_device
 from .features import build_features
 from .methods.base import Setup
 from .metrics import CI_METHOD, item_score, summarize
-from .protocol import Episode, draw_episode, split_groups
+from .protocol import Episode, draw_episode, make_split, visible_task
 from .registry import LOADERS, METHODS
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,36 @@ def limit_items(task: TaskData, limit: int | None) -> TaskData:
     if limit is None:
         return task
     keep = set(sorted(task.items)[:limit])
-    groups = {}
-    for group_id, group in task.groups.items():
-        targets = {i: t for i, t in group.targets.items() if i in keep}
-        if targets:
-            groups[group_id] = Group(group_id, targets)
-    limited = TaskData(task.name, task.metric, {i: task.items[i] for i in keep}, groups, task.drops, task.notes)
+    allowed = {g: [i for i in group.targets if i in keep] for g, group in task.groups.items()}
+    limited = task.view({g: items for g, items in allowed.items() if items})
+    limited.items = {i: task.items[i] for i in keep}
     limited.validate()
     return limited
+
+
+def headline(task_card: TaskCard) -> str:
+    """The metric a task reports first: alignment; for pairwise preferences the mean over users of
+    their accuracy, or the pooled accuracy where the protocol (PersonalRewardBench) reports that."""
+    if task_card.metric == "alignment":
+        return "alignment"
+    return "accuracy" if task_card.protocol == "personal_reward_bench" else "user_accuracy"
+
+
+def cell_metrics(metric: str, records: list[tuple[int, str, str, float]]) -> dict:
+    """(seed, group, role, score) records of one K → the metrics cell of result.json."""
+    if metric == "alignment":
+        return {"alignment": summarize([(s, g, v) for s, g, _, v in records], CI_SEED).as_dict()}
+
+    def accuracy_block(subset: list) -> dict:
+        summary = summarize([(s, g, v) for s, g, _, v in subset], CI_SEED).as_dict()
+        return {"user_accuracy": summary, "accuracy": {"mean": summary["pooled"], "ci": summary["pooled_ci"]}}
+
+    cell = accuracy_block(records)
+    for role in ("seen", "unseen"):
+        subset = [r for r in records if r[2] == role]
+        if subset:
+            cell[role] = accuracy_block(subset)
+    return cell
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -153,7 +175,7 @@ def versions() -> dict:
     return out
 
 
-def prediction_rows(task: TaskData, method: str, episode: Episode, preds: list) -> list[dict]:
+def prediction_rows(task: TaskData, method: str, episode: Episode, preds: list, role: str) -> list[dict]:
     """One predictions.jsonl row per target item, with its score (checked to be a distribution)."""
     if len(preds) != len(episode.targets):
         raise RuntimeError(f"{method} returned {len(preds)} predictions for {len(episode.targets)} targets")
@@ -170,7 +192,7 @@ def prediction_rows(task: TaskData, method: str, episode: Episode, preds: list) 
                 "item": item_id,
                 "shots": episode.shots,
                 "seed": episode.seed,
-                "split": "test",
+                "split": role,
                 "context_size": len(episode.context),
                 "pred": [float(p) for p in pred],
                 "target": [float(t) for t in target],
@@ -207,7 +229,15 @@ def execute(
             return previous
         log.warning("%s was computed on different data; running it again", run_dir)
     device = resolve_device(device)
-    split = split_groups(list(task.groups), resolved["train_frac"], resolved["val_frac"], resolved["split_seed"])
+    split = make_split(
+        task,
+        task_card.protocol,
+        task_card.protocol_settings,
+        resolved["train_frac"],
+        resolved["val_frac"],
+        resolved["split_seed"],
+    )
+    visible = visible_task(task, split)
     implementation = METHODS.get(resolved["implementation"])
 
     features, encoder_stats = None, None
@@ -222,20 +252,20 @@ def execute(
     timings["fit_s"] = timings["predict_s"] = 0.0
     progress = tqdm(total=len(resolved["seeds"]) * len(resolved["shots"]), desc=rid, unit="cell")
     for seed in resolved["seeds"]:
-        setup = Setup(task, split, seed, device, run_dir / f"seed{seed}", features, resume)
+        setup = Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume)
         method = implementation(resolved["settings"], setup)
         tick = time.perf_counter()
         fits[str(seed)] = method.fit()
         timings["fit_s"] += time.perf_counter() - tick
         for shots in resolved["shots"]:
-            episodes = [draw_episode(task, group, shots, seed) for group in split.test]
+            episodes = [draw_episode(task, group, shots, seed, split) for group in split.test]
             tick = time.perf_counter()
             predictions = method.predict(episodes)
             timings["predict_s"] += time.perf_counter() - tick
             for episode, preds in zip(episodes, predictions, strict=True):
                 used_shots.setdefault(str(shots), {})[episode.group] = len(episode.context)
-                for row in prediction_rows(task, resolved["method"], episode, preds):
-                    scores[shots].append((seed, episode.group, row.pop("score")))
+                for row in prediction_rows(task, resolved["method"], episode, preds, split.role(episode.group)):
+                    scores[shots].append((seed, episode.group, row["split"], row.pop("score")))
                     rows.append(row)
             progress.update()
     progress.close()
@@ -244,9 +274,8 @@ def execute(
     for shots, cell in scores.items():
         if not cell:
             raise DataError(f"no test predictions for K={shots}")
-        summary = summarize(cell, CI_SEED).as_dict()
         capped = {g: n for g, n in used_shots[str(shots)].items() if n < shots}
-        metrics[str(shots)] = {task.metric: summary, "capped_shots": capped}
+        metrics[str(shots)] = {**cell_metrics(task.metric, cell), "capped_shots": capped}
     timings["total_s"] = time.perf_counter() - started
     result = {
         "schema_version": SCHEMA_VERSION,
@@ -254,7 +283,7 @@ def execute(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "spec": resolved,
         "cards": {"task": task_card.path, "method": load_method_card(spec.method).path},
-        "metric": task.metric,
+        "metric": headline(task_card),
         "metrics": metrics,
         "ci": {"method": CI_METHOD, "seed": CI_SEED},
         "split": split.as_dict(),

@@ -16,7 +16,8 @@ from ..protocol import Episode, Split
 
 @dataclass
 class Setup:
-    """Everything a method may use: the task, the split, one seed, and the candidate features."""
+    """Everything a method may use: the task as seen groups show it (test groups' answers reach a method
+    only through its episodes' context), the split, one seed, and the candidate features."""
 
     task: TaskData
     split: Split
@@ -48,9 +49,6 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         """Distributions for one episode's targets."""
-
-    def target(self, group: str, item: str) -> np.ndarray:
-        return self.setup.task.groups[group].targets[item]
 
     def n_candidates(self, item: str) -> int:
         return len(self.setup.task.items[item].candidates)

@@ -45,10 +45,11 @@ class Population(SeenGroupsMixture):
 class GroupKnn(SeenGroupsMixture):
     def agreement(self, group: str, episode: Episode) -> float | None:
         task = self.setup.task
+        answers = task.groups[group].targets
         scores = [
-            item_score(task.metric, task.groups[group].targets[i], self.target(episode.group, i), task.items[i].ordinal)
-            for i in episode.context
-            if i in task.groups[group].targets
+            item_score(task.metric, answers[i], known, task.items[i].ordinal)
+            for i, known in zip(episode.context, episode.context_targets, strict=True)
+            if i in answers
         ]
         return float(np.mean(scores)) if scores else None
 
@@ -74,7 +75,7 @@ class Head(Method):
         if episode.context:
             rows = [features.rows[i] for i in episode.context]
             x = features.matrix[np.concatenate(rows)].astype(np.float64)
-            y = np.concatenate([self.target(episode.group, i) for i in episode.context])
+            y = np.concatenate(episode.context_targets)
             sizes = [len(r) for r in rows]
             l2 = self.settings["l2"]
 
@@ -100,7 +101,7 @@ class Knn(Method):
         if not episode.context:
             return Uniform.predict_episode(self, episode)
         ctx_rows = np.concatenate([features.rows[i] for i in episode.context])
-        ctx_y = np.concatenate([self.target(episode.group, i) for i in episode.context])
+        ctx_y = np.concatenate(episode.context_targets)
         ctx_x = unit(features.matrix[ctx_rows])
         k = min(self.settings["neighbors"], len(ctx_rows))
         out = []

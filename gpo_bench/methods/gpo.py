@@ -147,28 +147,18 @@ class Batch:
     layout: Layout
 
 
-def make_batch(groups: list[GroupPoints], ctx_items: list[torch.Tensor], tgt_items: list[torch.Tensor]) -> Batch:
-    """Whole items to context or target; points gathered by indexing, in item order."""
-    ctx_idx, tgt_idx, segments, offset = [], [], [], 0
-    for group, ctx, tgt in zip(groups, ctx_items, tgt_items, strict=True):
-        role = torch.zeros(len(group.items), dtype=torch.long, device=group.rows.device)
-        role[ctx] = 1
-        role[tgt] = 2
-        point_role = role[group.item_of]
-        ctx_idx.append(torch.nonzero(point_role == 1).squeeze(1))
-        t = torch.nonzero(point_role == 2).squeeze(1)
-        tgt_idx.append(t)
-        segments.append(group.item_of[t] + offset)
-        offset += len(group.items)
-    device = groups[0].rows.device
+def make_batch(parts: list[tuple[torch.Tensor, ...]], n_items: list[int]) -> Batch:
+    """Per group (context rows, context y, target rows, target y, target item index) → one packed batch;
+    target item indices are made unique across groups for the per-item softmax."""
+    offsets = np.cumsum([0, *n_items[:-1]]).tolist()
     return Batch(
-        ctx_rows=torch.cat([g.rows[i] for g, i in zip(groups, ctx_idx, strict=True)]),
-        ctx_y=torch.cat([g.y[i] for g, i in zip(groups, ctx_idx, strict=True)]),
-        tgt_rows=torch.cat([g.rows[i] for g, i in zip(groups, tgt_idx, strict=True)]),
-        tgt_y=torch.cat([g.y[i] for g, i in zip(groups, tgt_idx, strict=True)]),
-        tgt_segment=torch.cat(segments),
-        n_segments=offset,
-        layout=Layout.build([len(i) for i in ctx_idx], [len(i) for i in tgt_idx], device),
+        ctx_rows=torch.cat([p[0] for p in parts]),
+        ctx_y=torch.cat([p[1] for p in parts]),
+        tgt_rows=torch.cat([p[2] for p in parts]),
+        tgt_y=torch.cat([p[3] for p in parts]),
+        tgt_segment=torch.cat([p[4] + offset for p, offset in zip(parts, offsets, strict=True)]),
+        n_segments=sum(n_items),
+        layout=Layout.build([len(p[0]) for p in parts], [len(p[2]) for p in parts], parts[0][0].device),
     )
 
 
@@ -219,7 +209,7 @@ class GPO(Method):
         if per_step < len(names):
             names = [names[i] for i in torch.randperm(len(names), generator=generator)[:per_step].tolist()]
         (ctx_lo, ctx_hi), (tgt_lo, tgt_hi) = self.settings["context_items"], self.settings["target_items"]
-        groups, ctx_items, tgt_items = [], [], []
+        parts, n_items = [], []
         for name in names:
             group = self.points[name]
             n = len(group.items)
@@ -229,10 +219,14 @@ class GPO(Method):
             t_hi = max(1, min(tgt_hi, n - n_ctx))
             n_tgt = int(torch.randint(min(tgt_lo, t_hi), t_hi + 1, (1,), generator=generator))
             order = torch.randperm(n, generator=generator).to(self.device)
-            groups.append(group)
-            ctx_items.append(order[:n_ctx])
-            tgt_items.append(order[n_ctx : n_ctx + n_tgt])
-        return make_batch(groups, ctx_items, tgt_items)
+            role = torch.zeros(n, dtype=torch.long, device=self.device)
+            role[order[:n_ctx]] = 1
+            role[order[n_ctx : n_ctx + n_tgt]] = 2
+            point_role = role[group.item_of]
+            ctx, tgt = point_role == 1, point_role == 2
+            parts.append((group.rows[ctx], group.y[ctx], group.rows[tgt], group.y[tgt], group.item_of[tgt]))
+            n_items.append(n)
+        return make_batch(parts, n_items)
 
     def fit(self) -> dict:
         s = self.settings
@@ -310,12 +304,11 @@ class GPO(Method):
         os.replace(tmp, self.checkpoint_path)
 
     def validate(self) -> float:
-        """Mean alignment over the validation groups, each with `validation_shots` fixed context items."""
+        """Mean score over the validation groups, each with `validation_shots` fixed context items
+        (personalized tasks: drawn from the user's pool, scored on the rest of the pool)."""
         task = self.setup.task
-        episodes = [
-            draw_episode(task, g, self.settings["validation_shots"], self.setup.seed)
-            for g in self.setup.split.validation
-        ]
+        shots, seed, split = self.settings["validation_shots"], self.setup.seed, self.setup.split
+        episodes = [draw_episode(task, g, shots, seed, split, validation=True) for g in split.validation]
         per_group = []
         for episode, preds in zip(episodes, self.predict(episodes), strict=True):
             targets = task.groups[episode.group].targets
@@ -332,28 +325,31 @@ class GPO(Method):
     def predict(self, episodes: list[Episode]) -> list[list[np.ndarray]]:
         """All episodes in one batch: every target item of every group in one model call."""
         self.model.eval()
-        groups, ctx_items, tgt_items = [], [], []
+        rows = self.setup.features.rows
+        as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
+        parts, sizes = [], []
         for episode in episodes:
-            group = self.points[episode.group]
-            index = {item: n for n, item in enumerate(group.items)}
-            groups.append(group)
-            ctx_items.append(torch.tensor([index[i] for i in episode.context], dtype=torch.long, device=self.device))
-            tgt_items.append(torch.tensor([index[i] for i in episode.targets], dtype=torch.long, device=self.device))
-        batch = make_batch(groups, ctx_items, tgt_items)
-        p, _, _ = self.run_model(batch)
+            ctx_rows = [rows[i] for i in episode.context]
+            tgt_sizes = [len(rows[i]) for i in episode.targets]
+            parts.append(
+                (
+                    as_tensor(np.concatenate(ctx_rows) if ctx_rows else np.zeros(0), torch.long),
+                    as_tensor(np.concatenate(episode.context_targets) if ctx_rows else np.zeros(0), torch.float32),
+                    as_tensor(np.concatenate([rows[i] for i in episode.targets]), torch.long),
+                    torch.zeros(sum(tgt_sizes), device=self.device),
+                    as_tensor(np.repeat(np.arange(len(tgt_sizes)), tgt_sizes), torch.long),
+                )
+            )
+            sizes.append(tgt_sizes)
+        p, _, _ = self.run_model(make_batch(parts, [len(e.targets) for e in episodes]))
         p = p.double().cpu().numpy()
-        segment = batch.tgt_segment.cpu().numpy()
-        out, offset, start = [], 0, 0
-        for episode, group, targets in zip(episodes, groups, tgt_items, strict=True):
+        out, start = [], 0
+        for tgt_sizes in sizes:
             preds = []
-            for item, position in zip(episode.targets, targets.tolist(), strict=True):
-                size = len(self.setup.task.items[item].candidates)
-                if segment[start] != offset + position:
-                    raise RuntimeError("gpo: target points out of item order")  # make_batch keeps item order
+            for size in tgt_sizes:
                 preds.append(p[start : start + size] / p[start : start + size].sum())
                 start += size
             out.append(preds)
-            offset += len(group.items)
         return out
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
