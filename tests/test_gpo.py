@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpo_bench.methods.gpo import GPOModel, Layout, gaussian_nll, item_softmax
+from gpo_bench.methods.base import item_softmax
+from gpo_bench.methods.gpo import GPOModel, Layout, gaussian_nll
 
 
 def small_model(d_x=6):

@@ -4,10 +4,12 @@ each target item's candidates for a group, given that group's K context items.""
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data import TaskData
 from ..features import Features
@@ -63,3 +65,10 @@ def segment_softmax(logits: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
         out.append(e / e.sum())
         start += size
     return out
+
+
+def item_softmax(mu: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Softmax of `mu` within each segment (one segment per target item), vectorized."""
+    peak = mu.new_full((n_segments,), -math.inf).scatter_reduce(0, segment, mu, "amax", include_self=True)
+    e = torch.exp(mu - peak[segment])
+    return e / mu.new_zeros(n_segments).index_add(0, segment, e)[segment]

@@ -7,16 +7,24 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
+from ..features import Features
 from ..metrics import item_score
-from ..protocol import Episode
+from ..protocol import Episode, derived_rng
 from ..registry import METHODS
 from .base import Method, segment_softmax
 
 
-@METHODS.register("uniform", "equal probability for every candidate")
+@METHODS.register("uniform", "equal probability for every candidate (a seeded coin flip on accuracy tasks)")
 class Uniform(Method):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        return [np.full(self.n_candidates(i), 1.0 / self.n_candidates(i)) for i in episode.targets]
+        out = []
+        for item in episode.targets:
+            p = np.full(self.n_candidates(item), 1.0 / self.n_candidates(item))
+            if self.setup.task.metric == "accuracy":  # an exact tie counts wrong: break it at random (chance level)
+                p[derived_rng("uniform", episode.group, item, episode.seed).integers(len(p))] += 1e-6
+                p /= p.sum()
+            out.append(p)
+        return out
 
 
 class SeenGroupsMixture(Method):
@@ -65,6 +73,37 @@ class GroupKnn(SeenGroupsMixture):
         return [self.mixture(item, weights) for item in episode.targets]
 
 
+def fit_softmax_head(
+    x: np.ndarray, y: np.ndarray, sizes: list[int], l2: float, center: np.ndarray | None = None
+) -> np.ndarray:
+    """Weights w minimizing the cross-entropy of softmax(x w) within each item against the soft
+    targets y, plus l2/2 ||w - center||^2 (L-BFGS). For two candidates this is Bradley-Terry."""
+    center = np.zeros(x.shape[1]) if center is None else center
+
+    def loss_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        p = np.concatenate(segment_softmax(x @ w, sizes))
+        gap = w - center
+        loss = -float(np.sum(y * np.log(np.maximum(p, 1e-12)))) + 0.5 * l2 * float(gap @ gap)
+        return loss, x.T @ (p - y) + l2 * gap
+
+    return minimize(loss_and_grad, center.copy(), jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+
+
+def stacked(features: Features, items: list[str]) -> tuple[np.ndarray, list[int]]:
+    """The candidate vectors of `items`, stacked, with each item's candidate count."""
+    rows = [features.rows[i] for i in items]
+    if not rows:
+        return np.zeros((0, features.dim)), []
+    return features.matrix[np.concatenate(rows)].astype(np.float64), [len(r) for r in rows]
+
+
+def score_targets(features: Features, items: tuple[str, ...], w: np.ndarray) -> list[np.ndarray]:
+    return [
+        segment_softmax(features.matrix[features.rows[i]].astype(np.float64) @ w, [len(features.rows[i])])[0]
+        for i in items
+    ]
+
+
 @METHODS.register("head", "per-group softmax head on candidate embeddings, fitted on the K shots")
 class Head(Method):
     needs_features = True
@@ -73,23 +112,9 @@ class Head(Method):
         features = self.setup.features
         w = np.zeros(features.dim)
         if episode.context:
-            rows = [features.rows[i] for i in episode.context]
-            x = features.matrix[np.concatenate(rows)].astype(np.float64)
-            y = np.concatenate(episode.context_targets)
-            sizes = [len(r) for r in rows]
-            l2 = self.settings["l2"]
-
-            def loss_and_grad(weights: np.ndarray) -> tuple[float, np.ndarray]:
-                p = np.concatenate(segment_softmax(x @ weights, sizes))
-                loss = -float(np.sum(y * np.log(np.maximum(p, 1e-12)))) + 0.5 * l2 * float(weights @ weights)
-                return loss, x.T @ (p - y) + l2 * weights
-
-            w = minimize(loss_and_grad, w, jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
-        out = []
-        for item in episode.targets:
-            x = features.matrix[features.rows[item]].astype(np.float64)
-            out.append(segment_softmax(x @ w, [len(x)])[0])
-        return out
+            x, sizes = stacked(features, list(episode.context))
+            w = fit_softmax_head(x, np.concatenate(episode.context_targets), sizes, self.settings["l2"])
+        return score_targets(features, episode.targets, w)
 
 
 @METHODS.register("knn", "kernel regression of the group's answers on the most similar context candidates")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..metrics import item_score
 from ..protocol import Episode, derived_rng, draw_episode
 from ..registry import METHODS
-from .base import Method
+from .base import Method, item_softmax
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,6 @@ class GPOModel(nn.Module):
             outputs.append(out.transpose(0, 1).flatten(1))
         tokens = layer.norm1(tokens + attention.out_proj(torch.cat(outputs)))
         return layer.norm2(tokens + layer.linear2(layer.activation(layer.linear1(tokens))))
-
-
-def item_softmax(mu: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
-    """Softmax of `mu` within each segment (one segment per target item), vectorized."""
-    peak = mu.new_full((n_segments,), -math.inf).scatter_reduce(0, segment, mu, "amax", include_self=True)
-    e = torch.exp(mu - peak[segment])
-    return e / mu.new_zeros(n_segments).index_add(0, segment, e)[segment]
 
 
 def gaussian_nll(p: torch.Tensor, log_std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
