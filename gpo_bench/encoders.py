@@ -270,6 +270,7 @@ class Encoder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out: list[np.ndarray | None] = [None] * len(texts)
         tokenizer.padding_side = "right"
+        tokenizer.truncation_side = "left"  # a long context loses its beginning, never the response at the end
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), self.batch_size), desc="encoding", unit="batch", leave=False):
                 index = order[start : start + self.batch_size]

@@ -57,3 +57,17 @@ def test_minilm_mean_pooling_matches_sentence_transformers(tmp_path):
     theirs = reference.encode(texts, normalize_embeddings=True)
     ours = ours / np.linalg.norm(ours, axis=1, keepdims=True)  # the packaged model ends with a Normalize module
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_long_inputs_are_truncated_from_the_left(tmp_path):
+    encoder = Encoder(EncoderSpec.parse("minilm,template=raw,max_length=24"), device="cpu", cache_dir=tmp_path)
+    middle = " ".join(["the conversation went on about many unrelated things"] * 10)
+    a, b, c = encoder.encode(
+        [
+            ("", f"Alpha start. {middle}", "I prefer tea."),
+            ("", f"Omega opening. {middle}", "I prefer tea."),
+            ("", f"Alpha start. {middle}", "I prefer coffee."),
+        ]
+    )
+    np.testing.assert_allclose(a, b, atol=1e-6)  # the differing beginnings were cut
+    assert not np.allclose(a, c, atol=1e-3)  # the responses were kept
