@@ -128,16 +128,20 @@ def our_step(gpo: GPO, generator: torch.Generator, optimizer) -> dict:
     return timings
 
 
-def mean_timings(step, gpo, steps: int) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(gpo.model.parameters(), lr=3e-4)
-    for _ in range(3):
-        step(gpo, generator, optimizer)
-    totals: dict[str, float] = {}
-    for _ in range(steps):
-        for key, value in step(gpo, generator, optimizer).items():
-            totals[key] = totals.get(key, 0.0) + value / steps
-    return totals
+def mean_timings(gpo: GPO, steps: int) -> tuple[dict, dict]:
+    """Mean phase timings of both implementations, their steps interleaved so that both see the same
+    machine load; each has its own optimizer state and the same sampling distribution."""
+    steppers = {"ours": our_step, "theirs": authors_style_step}
+    generators = {name: torch.Generator().manual_seed(0) for name in steppers}
+    optimizers = {name: torch.optim.Adam(gpo.model.parameters(), lr=3e-4) for name in steppers}
+    totals: dict[str, dict[str, float]] = {name: {} for name in steppers}
+    for step in range(steps + 3):
+        for name, stepper in steppers.items():
+            timings = stepper(gpo, generators[name], optimizers[name])
+            if step >= 3:  # warm-up
+                for key, value in timings.items():
+                    totals[name][key] = totals[name].get(key, 0.0) + value / steps
+    return totals["ours"], totals["theirs"]
 
 
 @torch.no_grad()
@@ -168,8 +172,7 @@ def report(name: str, task: TaskData, features: Features, steps: int, reference_
     split = split_groups(sorted(task.groups), 0.4, 0.2, 0)
     settings = load_method_card("gpo").settings
     gpo = GPO(settings, Setup(task, split, 0, "cpu", Path("/tmp/gpo-bench-benchmark"), features))
-    ours = mean_timings(our_step, gpo, steps)
-    theirs = mean_timings(authors_style_step, gpo, steps)
+    ours, theirs = mean_timings(gpo, steps)
     episodes = [draw_episode(task, g, 20, 0) for g in split.test]
     tick = time.perf_counter()
     gpo.predict(episodes)
