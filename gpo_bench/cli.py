@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus-per-run",
         type=float,
         default=0,
-        help="GPUs each Ray task asks for, for methods that encode text and train (default 0)",
+        help="GPUs each Ray task asks for, e.g. 1, or 0.25 to share a GPU between four runs (default 0)",
     )
     sweep.add_argument("--force", action="store_true", help="run every run again, even finished ones")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")

@@ -1,0 +1,634 @@
+"""`gpo-bench leaderboard`: read the run folders (`<output>/runs/*/result.json`, and only them) and write
+`<output>/leaderboard.{md,csv,html}`: rows = methods (a method run with non-default settings, encoder,
+split seed or item limit is its own row), columns = task × meta-train fraction (× seen / unseen where a
+result holds `metrics[K][seen|unseen][metric]`), cells = mean and 95% CI over runs with their number n.
+
+A cell's runs (one per seed in a sweep) give a runs × groups table of per-group means
+(`metrics[K][metric]["per_group"]`); the cell's mean is the mean over runs of the mean over groups, and its
+CI is `gpo_bench.metrics.bootstrap_ci` of that table (resampling runs and groups), as in a single run.
+Where the headline is accuracy pooled over items (`metric: accuracy`, PersonalRewardBench), the cell is the
+mean over runs of the pooled accuracy and its CI `metrics.pooled_bootstrap_ci` (items resampled within each
+run; a run's items are rebuilt from its pooled accuracy and item count, exact as item scores are 0 or 1).
+Published numbers (`reference_results.yaml`) are shown as separate rows marked "reported by the paper"
+with their citation, never mixed into our means. A folder whose result.json cannot be read is reported
+and skipped."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .cards import CardError, load_method_card
+from .encoders import DEFAULT_ENCODER, EncoderSpec
+from .metrics import BOOTSTRAP_SAMPLES, CI_LEVEL, bootstrap_ci, pooled_bootstrap_ci
+from .registry import UnknownNameError
+from .runner import write_atomic
+
+log = logging.getLogger(__name__)
+
+CI_SEED = 0
+CI_NOTE = (
+    f"Cells: mean over runs of the mean over test groups, [{CI_LEVEL:.0%} CI], n = runs (one per seed in a sweep). "
+    f"CI: percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples, seed {CI_SEED}) of that mean, resampling runs and "
+    "test groups with replacement from the runs × groups table of each run's per-group means "
+    "(gpo_bench.metrics.bootstrap_ci, as for a single run). Pooled accuracy (PersonalRewardBench): mean over runs "
+    "of the accuracy pooled over items, CI resampling items within each run (gpo_bench.metrics.pooled_bootstrap_ci)."
+)
+POOLED = "accuracy"  # the headline that is pooled over items; its per-group values are user_accuracy's
+
+
+def group_metric(metric: str) -> str:
+    """The summary in a metrics cell that holds per-group values for a run's headline `metric`."""
+    return "user_accuracy" if metric == POOLED else metric
+
+
+DEFAULT_SHOTS = 20
+OVERALL = "overall"
+SUBSETS = ("seen", "unseen")
+REPORTED = "reported by the paper"
+OURS = "gpo-bench"
+REFERENCES_FILE = Path(__file__).resolve().parent / "reference_results.yaml"
+CSV_FIELDS = (
+    "source",
+    "row",
+    "method",
+    "variant",
+    "model",
+    "task",
+    "train_frac",
+    "subset",
+    "shots",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n_runs",
+    "seeds",
+    "n_groups",
+    "setting",
+    "citation",
+)
+
+
+class RunFileError(ValueError):
+    """A run folder whose result.json cannot be used."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the leaderboard and plots need from one result.json."""
+
+    folder: Path
+    task: str
+    method: str
+    variant: str
+    encoder: str | None
+    train_frac: float
+    seeds: tuple[int, ...]
+    metric: str
+    fingerprint: str | None
+    per_group: dict[tuple[int, str], dict[str, float]]  # (K, subset) → group → mean over the run's seeds
+    pooled: dict[tuple[int, str], tuple[float, int]]  # (K, subset) → (pooled accuracy, items), POOLED only
+
+    @property
+    def row(self) -> str:
+        return f"{self.method} [{self.variant}]" if self.variant else self.method
+
+    def shots(self, subset: str = OVERALL) -> set[int]:
+        return {k for k, s in self.per_group if s == subset}
+
+
+@dataclass(frozen=True)
+class Column:
+    task: str
+    train_frac: float
+    subset: str = OVERALL
+
+    def label(self) -> str:
+        subset = "" if self.subset == OVERALL else f" · {self.subset}"
+        return f"{self.task} · train {self.train_frac:.0%}{subset}"
+
+
+@dataclass(frozen=True)
+class CellStats:
+    mean: float
+    ci: tuple[float, float]
+    n_runs: int
+    seeds: tuple[int, ...]
+    n_groups: int
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One published number (already divided by the source's scale)."""
+
+    source: str
+    citation: str
+    note: str
+    metric: str
+    task: str
+    method: str
+    label: str
+    model: str
+    value: float
+    shots: int | None
+    train_frac: float | None
+    subset: str
+    setting: str | None
+
+    @property
+    def row(self) -> str:
+        setting = f" · {self.setting}" if self.setting else ""
+        return f"{self.label} · {self.model}{setting}"
+
+    def matches(self, column: Column, metric: str) -> bool:
+        return (
+            self.task == column.task
+            and self.metric == metric
+            and self.subset == column.subset
+            and (self.train_frac is None or math.isclose(self.train_frac, column.train_frac))
+        )
+
+
+def _per_group(summary: dict, where: str) -> dict[str, float]:
+    values = summary["per_group"]
+    if not isinstance(values, dict) or not values:
+        raise RunFileError(f"{where}: 'per_group' is empty or not a mapping")
+    out = {str(g): float(v) for g, v in values.items()}
+    if not all(math.isfinite(v) for v in out.values()):
+        raise RunFileError(f"{where}: 'per_group' holds a non-finite value")
+    return out
+
+
+def _short_encoder(label: str) -> str:
+    """The encoder label without the settings that are EncoderSpec's defaults."""
+    model, *pairs = label.split(",")
+    defaults = {f.name: str(f.default) for f in fields(EncoderSpec)}
+    return ",".join([model] + [p for p in pairs if defaults.get(p.partition("=")[0]) != p.partition("=")[2]])
+
+
+def variant(spec: dict) -> str:
+    """What sets this run apart from the method card's defaults (empty for a plain run)."""
+    parts = []
+    if spec["encoder"] is not None and _short_encoder(spec["encoder"]) != DEFAULT_ENCODER:
+        parts.append(f"encoder={_short_encoder(spec['encoder'])}")
+    try:
+        card_settings = load_method_card(spec["method"]).settings
+    except (CardError, UnknownNameError):
+        card_settings = None
+    settings = spec["settings"] or {}
+    if card_settings is None and settings:
+        parts.append(f"settings={json.dumps(settings, sort_keys=True)}")
+    elif card_settings is not None:
+        parts += [f"{k}={settings[k]}" for k in sorted(settings) if card_settings.get(k) != settings[k]]
+    if spec.get("split_seed", 0) != 0:
+        parts.append(f"split_seed={spec['split_seed']}")
+    if spec.get("limit_items") is not None:
+        parts.append(f"limit_items={spec['limit_items']}")
+    return ", ".join(parts)
+
+
+def parse_run(folder: Path) -> Run:
+    """Read one run folder's result.json; RunFileError names the file and what is wrong."""
+    path = folder / "result.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFileError(f"{path}: cannot read it ({error})") from None
+    try:
+        spec, metric = raw["spec"], raw["metric"]
+        grouped = group_metric(metric)
+        per_group, pooled = {}, {}
+        for shots, cell in raw["metrics"].items():
+            blocks = [(OVERALL, cell)] + [(s, cell[s]) for s in SUBSETS if isinstance(cell.get(s), dict)]
+            for subset, block in blocks:
+                per_group[(int(shots), subset)] = _per_group(block[grouped], f"{path} K={shots} {subset}")
+                if metric == POOLED:
+                    pooled[(int(shots), subset)] = (float(block[POOLED]["mean"]), int(block[grouped]["n_items"]))
+        if not per_group:
+            raise RunFileError(f"{path}: 'metrics' is empty")
+        return Run(
+            folder=folder,
+            task=str(spec["task"]),
+            method=str(spec["method"]),
+            variant=variant(spec),
+            encoder=spec["encoder"],
+            train_frac=float(spec["train_frac"]),
+            seeds=tuple(int(s) for s in spec["seeds"]),
+            metric=str(metric),
+            fingerprint=raw.get("data", {}).get("fingerprint"),
+            per_group=per_group,
+            pooled=pooled,
+        )
+    except RunFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise RunFileError(f"{path}: not a gpo-bench result ({type(error).__name__}: {error})") from None
+
+
+def load_runs(
+    output_dir: Path, tasks: list[str] | None = None, encoder: str | None = None
+) -> tuple[list[Run], list[str]]:
+    """Every readable run under `output_dir/runs/`, filtered; and one warning per skipped folder."""
+    runs, skipped = [], []
+    wanted_encoder = EncoderSpec.parse(encoder).label() if encoder else None
+    for result in sorted((output_dir / "runs").glob("*/result.json")):
+        try:
+            run = parse_run(result.parent)
+        except RunFileError as error:
+            skipped.append(f"skipped run folder {result.parent}: {error}")
+            log.warning(skipped[-1])
+            continue
+        if tasks and run.task not in tasks:
+            continue
+        if wanted_encoder and run.encoder not in (None, wanted_encoder):
+            continue
+        runs.append(run)
+    return runs, skipped
+
+
+def cell_table(runs: list[Run], shots: int, subset: str = OVERALL) -> tuple[np.ndarray, list[str]]:
+    """runs × groups table of per-group means (NaN where a run lacks the group) for one K."""
+    rows = [r.per_group[(shots, subset)] for r in runs if (shots, subset) in r.per_group]
+    groups = sorted(set().union(*rows)) if rows else []
+    return np.array([[row.get(g, np.nan) for g in groups] for row in rows], dtype=float).reshape(len(rows), -1), groups
+
+
+def cell_stats(runs: list[Run], shots: int, subset: str = OVERALL) -> CellStats | None:
+    """Mean over runs of the mean over groups (or of the pooled accuracy), and its bootstrap CI; None where
+    no run has this K."""
+    table, groups = cell_table(runs, shots, subset)
+    if not len(table):
+        return None
+    used = [r for r in runs if (shots, subset) in r.per_group]
+    if used[0].metric == POOLED:
+        cells = [r.pooled[(shots, subset)] for r in used]
+        items = [np.repeat([1.0, 0.0], [round(mean * n), n - round(mean * n)]) for mean, n in cells]
+        mean, ci = float(np.mean([m for m, _ in cells])), pooled_bootstrap_ci(items, CI_SEED)
+    else:
+        mean, ci = float(np.mean(np.nanmean(table, axis=1))), bootstrap_ci(table, CI_SEED)
+    return CellStats(
+        mean=mean,
+        ci=ci,
+        n_runs=len(used),
+        seeds=tuple(sorted({s for r in used for s in r.seeds})),
+        n_groups=len(groups),
+    )
+
+
+def group_stats(runs: list[Run], shots: int, subset: str = OVERALL) -> dict[str, CellStats]:
+    """Per test group: mean over runs and a bootstrap CI over runs (the same bootstrap, one group)."""
+    table, groups = cell_table(runs, shots, subset)
+    out = {}
+    for j, group in enumerate(groups):
+        column = table[~np.isnan(table[:, j]), j : j + 1]
+        out[group] = CellStats(float(column.mean()), bootstrap_ci(column, CI_SEED), len(column), (), 1)
+    return out
+
+
+def consistency_warnings(runs: list[Run], where: str) -> list[str]:
+    """Runs of one cell that should not be averaged blindly: a seed twice, different data or metric."""
+    warnings = []
+    by_seed = defaultdict(list)
+    for run in runs:
+        for seed in run.seeds:
+            by_seed[seed].append(run.folder.name)
+    warnings += [
+        f"{where}: seed {s} is in {len(f)} runs ({', '.join(f)}); all counted" for s, f in by_seed.items() if len(f) > 1
+    ]
+    if len({r.fingerprint for r in runs}) > 1:
+        warnings.append(f"{where}: runs were computed on different data (fingerprints differ)")
+    if len({r.metric for r in runs}) > 1:
+        warnings.append(f"{where}: runs report different metrics {sorted({r.metric for r in runs})}")
+    return warnings
+
+
+def load_references(path: Path = REFERENCES_FILE) -> list[Reference]:
+    """The published numbers; a malformed entry is a CardError naming the file, source and row."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+        references = []
+        for source in raw["sources"]:
+            fracs = source.get("train_fracs")
+            for index, row in enumerate(source["rows"]):
+                where = f"{path}: source {source.get('id')!r}, row {index + 1}"
+                if ("value" in row) == ("values" in row):
+                    raise CardError(f"{where}: give either 'value' or 'values'")
+                if "values" in row and (not fracs or len(row["values"]) != len(fracs)):
+                    raise CardError(f"{where}: 'values' needs one number per entry of the source's 'train_fracs'")
+                pairs = zip(fracs, row["values"], strict=True) if "values" in row else [(None, row["value"])]
+                references += [
+                    Reference(
+                        source=source["id"],
+                        citation=source["citation"],
+                        note=source.get("note", ""),
+                        metric=source["metric"],
+                        task=row["task"],
+                        method=row["method"],
+                        label=row["label"],
+                        model=row["model"],
+                        value=float(value) / float(source["scale"]),
+                        shots=source.get("shots"),
+                        train_frac=None if frac is None else float(frac),
+                        subset=row.get("subset", OVERALL),
+                        setting=row.get("setting"),
+                    )
+                    for frac, value in pairs
+                ]
+    except CardError:
+        raise
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        raise CardError(f"{path}: malformed reference results ({type(error).__name__}: {error})") from None
+    return references
+
+
+@dataclass
+class Leaderboard:
+    columns: list[tuple[Column, int, str]]  # (column, K shown, metric)
+    rows: list[str]
+    cells: dict[tuple[str, Column], CellStats]
+    references: list[Reference]
+    notes: list[str]  # skipped folders and consistency warnings
+    n_runs: int
+
+    def reference_rows(self) -> list[tuple[str, str, dict[Column, float]]]:
+        """(row label, source id, column → value) of the references that match a shown column."""
+        rows: dict[tuple[str, str], dict[Column, float]] = {}
+        for ref in self.references:
+            for column, _, metric in self.columns:
+                if ref.matches(column, metric):
+                    rows.setdefault((ref.row, ref.source), {})[column] = ref.value
+        return [(label, source, values) for (label, source), values in rows.items()]
+
+
+def pick_shots(available: set[int], requested: int | None) -> int:
+    """The K to show: the requested one, else 20 (the GPO paper's) where run, else the largest run."""
+    if requested is not None:
+        return requested
+    return DEFAULT_SHOTS if DEFAULT_SHOTS in available else max(available)
+
+
+def build(
+    output_dir: Path, tasks: list[str] | None = None, encoder: str | None = None, shots: int | None = None
+) -> Leaderboard:
+    """Collect the runs into cells, one K per column (`shots`, else 20 where run, else the largest K)."""
+    runs, notes = load_runs(output_dir, tasks, encoder)
+    by_cell: dict[tuple[str, Column], list[Run]] = defaultdict(list)
+    for run in runs:
+        for subset in {s for _, s in run.per_group}:
+            by_cell[(run.row, Column(run.task, run.train_frac, subset))].append(run)
+    columns, cells = [], {}
+    for column in sorted({c for _, c in by_cell}, key=lambda c: (c.task, c.train_frac, c.subset != OVERALL, c.subset)):
+        column_runs = [r for (_, c), rs in by_cell.items() if c == column for r in rs]
+        available = set().union(*(r.shots(column.subset) for r in column_runs))
+        chosen = pick_shots(available, shots)
+        if chosen not in available:
+            notes.append(f"{column.label()}: no run has K={chosen} (runs have K={sorted(available)}); column left out")
+            continue
+        columns.append((column, chosen, column_runs[0].metric))
+        for (row, c), cell_runs in by_cell.items():
+            if c == column and (stats := cell_stats(cell_runs, chosen, column.subset)) is not None:
+                cells[(row, column)] = stats
+                notes += consistency_warnings(cell_runs, f"{row} / {column.label()}")
+    rows = sorted(
+        {row for row, _ in cells}, key=lambda row: (-np.mean([s.mean for (r, _), s in cells.items() if r == row]), row)
+    )
+    return Leaderboard(columns, rows, cells, load_references(), notes, len(runs))
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _fmt_reference(value: float) -> str:
+    """As published: 3 decimals, 4 where the paper gave a percentage with two (57.29% → 0.5729)."""
+    text = f"{value:.4f}".rstrip("0")
+    return text + "0" * (5 - len(text))
+
+
+def _cell_text(stats: CellStats) -> str:
+    return f"{_fmt(stats.mean)} [{_fmt(stats.ci[0])}, {_fmt(stats.ci[1])}] n={stats.n_runs}"
+
+
+def _best(board: Leaderboard) -> dict[Column, str]:
+    best = {}
+    for column, _, _ in board.columns:
+        scored = [(board.cells[(row, column)].mean, row) for row in board.rows if (row, column) in board.cells]
+        if scored:
+            best[column] = max(scored)[1]
+    return best
+
+
+def _header(column: Column, shots: int, metric: str) -> str:
+    return f"{column.label()} · K={shots} ({metric})"
+
+
+def _citations(board: Leaderboard) -> list[tuple[str, str, str]]:
+    """(source id, citation, note) of every reference source, in file order."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for ref in board.references:
+        seen.setdefault(ref.source, (ref.source, ref.citation, ref.note))
+    return list(seen.values())
+
+
+def published(references: list[Reference]) -> list[tuple[Reference, str]]:
+    """One line per published row: its first Reference and its values, e.g. "40%: 0.920 · 60%: 0.925"."""
+    grouped: dict[tuple, list[Reference]] = {}
+    for ref in references:
+        grouped.setdefault((ref.source, ref.task, ref.subset, ref.setting, ref.label, ref.model), []).append(ref)
+    return [
+        (
+            refs[0],
+            " · ".join(
+                _fmt_reference(r.value) if r.train_frac is None else f"{r.train_frac:.0%}: {_fmt_reference(r.value)}"
+                for r in refs
+            ),
+        )
+        for refs in grouped.values()
+    ]
+
+
+def to_csv(board: Leaderboard) -> str:
+    """Long format: one line per (row, column) of ours, then every published number."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in board.rows:
+        for column, shots, metric in board.columns:
+            if (stats := board.cells.get((row, column))) is None:
+                continue
+            method, _, rest = row.partition(" [")
+            writer.writerow(
+                {
+                    "source": OURS,
+                    "row": row,
+                    "method": method,
+                    "variant": rest.rstrip("]"),
+                    "task": column.task,
+                    "train_frac": column.train_frac,
+                    "subset": column.subset,
+                    "shots": shots,
+                    "metric": metric,
+                    "mean": repr(stats.mean),
+                    "ci_low": repr(stats.ci[0]),
+                    "ci_high": repr(stats.ci[1]),
+                    "n_runs": stats.n_runs,
+                    "seeds": " ".join(map(str, stats.seeds)),
+                    "n_groups": stats.n_groups,
+                }
+            )
+    for ref in board.references:
+        writer.writerow(
+            {
+                "source": REPORTED,
+                "row": ref.row,
+                "method": ref.method,
+                "model": ref.model,
+                "task": ref.task,
+                "train_frac": "" if ref.train_frac is None else ref.train_frac,
+                "subset": ref.subset,
+                "shots": "" if ref.shots is None else ref.shots,
+                "metric": ref.metric,
+                "mean": repr(ref.value),
+                "setting": ref.setting or "",
+                "citation": ref.citation,
+            }
+        )
+    return out.getvalue()
+
+
+def to_markdown(board: Leaderboard) -> str:
+    citations = _citations(board)
+    number = {source: i + 1 for i, (source, _, _) in enumerate(citations)}
+    best = _best(board)
+    lines = [
+        "# gpo-bench leaderboard",
+        "",
+        f"{board.n_runs} runs read from runs/*/result.json. {CI_NOTE} Bold: the best of our rows in each column. "
+        f"Rows marked *{REPORTED}* are published numbers, shown for reference and not part of any mean.",
+        "",
+        "| method | " + " | ".join(_header(c, k, m) for c, k, m in board.columns) + " |",
+        "| --- |" + " --- |" * len(board.columns),
+    ]
+    for row in board.rows:
+        cells = []
+        for column, _, _ in board.columns:
+            stats = board.cells.get((row, column))
+            text = _cell_text(stats) if stats else "—"
+            cells.append(f"**{text}**" if best.get(column) == row else text)
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    for label, source, values in board.reference_rows():
+        cells = [_fmt_reference(values[c]) if c in values else "—" for c, _, _ in board.columns]
+        lines.append(f"| {label}, *{REPORTED}* [{number[source]}] | " + " | ".join(cells) + " |")
+    lines += ["", "## Published numbers (reported by the papers, not computed here)", ""]
+    lines += ["| task | subset | K | method | model | setting | metric | value by meta-train fraction | source |"]
+    lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for first, values in published(board.references):
+        lines.append(
+            f"| {first.task} | {first.subset} | {first.shots if first.shots is not None else '—'} | {first.label} | "
+            f"{first.model} | {first.setting or ''} | {first.metric} | {values} | [{number[first.source]}] |"
+        )
+    lines += ["", "## Citations", ""]
+    lines += [f"[{number[source]}] {citation}. {note}." for source, citation, note in citations]
+    if board.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in board.notes]
+    return "\n".join(lines) + "\n"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+tr.reference td { background: #f7f7f7; color: #555; font-style: italic; }
+td.best { font-weight: bold; }
+.note { max-width: 60em; }
+"""
+
+
+def to_html(board: Leaderboard) -> str:
+    """A self-contained page (inline CSS, no scripts); each number also sits in data-* attributes."""
+    esc = html.escape
+    citations = _citations(board)
+    number = {source: i + 1 for i, (source, _, _) in enumerate(citations)}
+    best = _best(board)
+
+    def column_attrs(column: Column, shots: int) -> str:
+        return (
+            f'data-task="{esc(column.task)}" data-train-frac="{column.train_frac!r}" '
+            f'data-subset="{esc(column.subset)}" data-shots="{shots}"'
+        )
+
+    head = "".join(f"<th>{esc(_header(c, k, m))}</th>" for c, k, m in board.columns)
+    body = []
+    for row in board.rows:
+        tds = []
+        for column, shots, _ in board.columns:
+            stats = board.cells.get((row, column))
+            if stats is None:
+                tds.append("<td>—</td>")
+                continue
+            tds.append(
+                f'<td class="{"best" if best.get(column) == row else "cell"}" data-source="{OURS}" '
+                f'data-row="{esc(row)}" {column_attrs(column, shots)} data-mean="{stats.mean!r}" '
+                f'data-ci-low="{stats.ci[0]!r}" data-ci-high="{stats.ci[1]!r}" data-n="{stats.n_runs}">'
+                f"{esc(_cell_text(stats))}</td>"
+            )
+        body.append(f"<tr><td>{esc(row)}</td>{''.join(tds)}</tr>")
+    for label, source, values in board.reference_rows():
+        tds = [
+            f'<td data-source="{REPORTED}" data-row="{esc(label)}" {column_attrs(c, k)} data-mean="{values[c]!r}">'
+            f"{_fmt_reference(values[c])}</td>"
+            if c in values
+            else "<td>—</td>"
+            for c, k, _ in board.columns
+        ]
+        body.append(
+            f'<tr class="reference"><td>{esc(label)}, {REPORTED} <a href="#ref{number[source]}">[{number[source]}]</a>'
+            f"</td>{''.join(tds)}</tr>"
+        )
+    refs = "".join(
+        f"<tr><td>{esc(r.task)}</td><td>{esc(r.subset)}</td><td>{r.shots if r.shots is not None else '—'}</td>"
+        f"<td>{esc(r.label)}</td><td>{esc(r.model)}</td><td>{esc(r.setting or '')}</td><td>{esc(r.metric)}</td>"
+        f'<td>{esc(values)}</td><td><a href="#ref{number[r.source]}">[{number[r.source]}]</a></td></tr>'
+        for r, values in published(board.references)
+    )
+    cites = "".join(f'<li id="ref{number[s]}">{esc(c)}. {esc(n)}.</li>' for s, c, n in citations)
+    notes = "".join(f"<li>{esc(n)}</li>" for n in board.notes)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>gpo-bench leaderboard</title>'
+        f"<style>{STYLE}</style></head><body>\n<h1>gpo-bench leaderboard</h1>\n"
+        f'<p class="note">{board.n_runs} runs read from runs/*/result.json. {esc(CI_NOTE)} Bold: the best of our '
+        f"rows in each column. Grey italic rows are published numbers ({REPORTED}), shown for reference and not "
+        "part of any mean.</p>\n"
+        f'<table id="leaderboard"><thead><tr><th>method</th>{head}</tr></thead><tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody></table>\n<h2>Published numbers (reported by the papers, not computed here)</h2>\n"
+        '<table id="references"><thead><tr><th>task</th><th>subset</th><th>K</th><th>method</th><th>model</th>'
+        "<th>setting</th><th>metric</th><th>value by meta-train fraction</th><th>source</th></tr></thead>"
+        f"<tbody>{refs}</tbody></table>\n"
+        f"<h2>Citations</h2><ol>{cites}</ol>\n"
+        + (f"<h2>Notes</h2><ul>{notes}</ul>\n" if notes else "")
+        + "</body></html>\n"
+    )
+
+
+def write(board: Leaderboard, output_dir: Path) -> list[Path]:
+    """Write leaderboard.md, .csv and .html into `output_dir` (atomically); return their paths."""
+    paths = []
+    for suffix, render in ((".md", to_markdown), (".csv", to_csv), (".html", to_html)):
+        path = output_dir / f"leaderboard{suffix}"
+        write_atomic(path, render(board))
+        paths.append(path)
+    return paths

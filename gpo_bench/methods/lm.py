@@ -1,0 +1,272 @@
+"""In-context language-model baselines: `lm-base` (the question alone), `lm-steered` (a description of
+the group before the question, in OpinionQA's `portray`, `bio` or `qa` style, Santurkar et al. 2023)
+and `few-shot` (the group's K context items with its answer shares, then the question; GPO paper).
+
+Every prompt ends in `Answer:`; the option probabilities are read from the next-token logits of the
+answer letters (`gpo_bench.lm`). A few-shot prompt that does not fit the model drops context items,
+never the question. `fit()` returns the method's facts, and prediction adds to the same dict how many
+context items each group's prompts held (`context_fitted`, per K, the fewest over the group's
+targets) and how many prompts lost items (`truncated_prompts`); the runner writes that dict to
+result.json (`fit`, per seed) after all predictions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data import Item
+from ..lm import LETTERS, CausalLM, FittedPrompt
+from ..protocol import Episode
+from ..registry import METHODS, unknown_name
+from .base import Method, Setup
+
+ANSWER = "Answer:"
+STYLES = ("portray", "bio", "qa")
+COUNTRY_TASKS = ("globalopinionqa",)  # tasks whose groups are countries
+FEW_SHOT_HEADER = (
+    "Here are survey questions, each with the answer most common in a group of people and the share of the group "
+    "that chose each option. Answer the last question as the group would.\n\n"
+)
+
+
+def question_block(item: Item) -> str:
+    """`Question: …` and the lettered options, as in OpinionQA's prompts."""
+    options = "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(item.candidates))
+    return f"Question: {item.prompt}\n{options}"
+
+
+def answer_shares(target: np.ndarray) -> str:
+    """The group's most common answer where the question's own answer will go, then all its shares:
+    `Answer: B (group: A 31%, B 52%, C 17%)`. (Shares alone after `Answer` make a small model answer
+    with their first letter: on OpinionQA, SmolLM2 put 0.57 on `A` against the groups' 0.22.)"""
+    shares = ", ".join(f"{LETTERS[i]} {100 * p:.0f}%" for i, p in enumerate(target))
+    return f"{ANSWER} {LETTERS[int(np.argmax(target))]} (group: {shares})\n\n"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """How to describe a group of one demographic attribute: the noun for `bio`, the survey question
+    and its options for `qa`, a first-person statement for `bio` and a clause for `portray`
+    (`{}` is the group's value, or its phrase where the bare value does not read well)."""
+
+    noun: str
+    question: str
+    options: tuple[str, ...]
+    statement: str
+    portrayal: str
+    phrases: dict[str, str] = field(default_factory=dict)
+
+    def phrase(self, value: str) -> str:
+        return self.phrases.get(value, value)
+
+
+# OpinionQA's attributes (Pew ATP), phrased after the steering prompts of Santurkar et al. 2023.
+ATTRIBUTES = {
+    "CREGION": Attribute(
+        "geographic region",
+        "Which part of the United States do you currently live in?",
+        ("Northeast", "Midwest", "South", "West"),
+        "I currently live in the {} of the United States.",
+        "you lived in the {} of the United States",
+    ),
+    "AGE": Attribute(
+        "age",
+        "How old are you?",
+        ("18-29", "30-49", "50-64", "65+"),
+        "I am {} years old.",
+        "you were {} years old",
+        {"65+": "65 or more"},
+    ),
+    "SEX": Attribute(
+        "gender",
+        "What is your sex?",
+        ("Male", "Female"),
+        "I am {}.",
+        "you were {}",
+        {"Male": "male", "Female": "female"},
+    ),
+    "EDUCATION": Attribute(
+        "education",
+        "What is the highest level of schooling or degree that you have completed?",
+        (
+            "Less than high school",
+            "High school graduate",
+            "Some college, no degree",
+            "Associate's degree",
+            "College graduate/some postgrad",
+            "Postgraduate",
+        ),
+        "The highest level of schooling I have completed is {}.",
+        "the highest level of schooling you had completed was {}",
+        {
+            "Less than high school": "less than high school",
+            "High school graduate": "high school",
+            "Some college, no degree": "some college, without a degree",
+            "Associate's degree": "an associate's degree",
+            "College graduate/some postgrad": "a college degree or some postgraduate study",
+            "Postgraduate": "a postgraduate degree",
+        },
+    ),
+    "RELIG": Attribute(
+        "religion",
+        "What is your present religion, if any?",
+        (
+            "Protestant",
+            "Roman Catholic",
+            "Mormon",
+            "Orthodox",
+            "Jewish",
+            "Muslim",
+            "Buddhist",
+            "Hindu",
+            "Atheist",
+            "Agnostic",
+            "Other",
+            "Nothing in particular",
+        ),
+        "In terms of religion, I am {}.",
+        "in terms of religion, you were {}",
+        {
+            "Atheist": "an atheist",
+            "Agnostic": "an agnostic",
+            "Mormon": "a Mormon",
+            "Nothing in particular": "nothing in particular",
+        },
+    ),
+    "POLPARTY": Attribute(
+        "political affiliation",
+        "In politics today, do you consider yourself a",
+        ("Republican", "Democrat", "Independent", "Something else"),
+        "In politics today, I consider myself a {}.",
+        "in politics today, you considered yourself a {}",
+        {"Independent": "an Independent", "Something else": "something else"},
+    ),
+    "INCOME": Attribute(
+        "income",
+        "Last year, what was your total family income from all sources, before taxes?",
+        ("Less than $30,000", "$30,000-$50,000", "$50,000-$75,000", "$75,000-$100,000", "$100,000 or more"),
+        "Last year, my total family income from all sources, before taxes, was {}.",
+        "last year, your total family income from all sources, before taxes, was {}",
+        {"Less than $30,000": "less than $30,000"},
+    ),
+    "POLIDEOLOGY": Attribute(
+        "political ideology",
+        "In general, would you describe your political views as",
+        ("Very conservative", "Conservative", "Moderate", "Liberal", "Very liberal"),
+        "In general, I would describe my political views as {}.",
+        "in general, you would describe your political views as {}",
+        {v: v.lower() for v in ("Very conservative", "Conservative", "Moderate", "Liberal", "Very liberal")},
+    ),
+    "RACE": Attribute(
+        "race or ethnicity",
+        "What is your race or ethnicity?",
+        ("White", "Black", "Asian", "Hispanic", "Other"),
+        "I am {}.",
+        "you were {}",
+    ),
+}
+COUNTRY = Attribute("country", "Which country are you from?", (), "I am from {}.", "you are from {}")
+GROUP = Attribute(
+    "group", "Which group of people do you belong to?", (), "I belong to the group {}.", "you belonged to the group {}"
+)
+
+
+def group_attribute(task_name: str, group: str) -> tuple[Attribute, str]:
+    """The attribute a group id names, and its value: `POLPARTY_Democrat` → POLPARTY, `Democrat`;
+    a GlobalOpinionQA country (`India (Current national sample)` → `India`); else the group itself."""
+    attribute, sep, value = group.partition("_")
+    if sep and attribute in ATTRIBUTES:
+        return ATTRIBUTES[attribute], value
+    if task_name in COUNTRY_TASKS:
+        return COUNTRY, re.sub(r"\s*\(.*\)$", "", group)
+    return GROUP, group
+
+
+def steering_text(style: str, task_name: str, group: str) -> str:
+    """The group description put before the question, in one of OpinionQA's styles."""
+    attribute, value = group_attribute(task_name, group)
+    phrase = attribute.phrase(value)
+    if style == "portray":
+        return f"Answer the following question as if {attribute.portrayal.format(phrase)}.\n\n"
+    if style == "bio":
+        return (
+            f"Below you will be asked to provide a short description of your {attribute.noun} and then answer "
+            f"some questions.\nDescription: {attribute.statement.format(phrase)}\n\n"
+        )
+    if not attribute.options:  # a question without fixed options: the answer is the value itself
+        return f"Question: {attribute.question}\n{ANSWER} {value}\n\n"
+    options = attribute.options if value in attribute.options else (*attribute.options, value)
+    lettered = "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+    return f"Question: {attribute.question}\n{lettered}{ANSWER} {LETTERS[options.index(value)]}\n\n"
+
+
+class LMMethod(Method):
+    """Shared by every language-model method: the loaded model, prompts, and the recorded facts."""
+
+    def __init__(self, settings: dict, setup: Setup) -> None:
+        super().__init__(settings, setup)
+        self.lm = CausalLM(settings, setup.device)
+        self.facts: dict = {"model": settings["model"], "load_s": round(self.lm.loaded.load_s, 3)}
+
+    def fit(self) -> dict:
+        return self.facts
+
+    def item(self, item_id: str) -> Item:
+        return self.setup.task.items[item_id]
+
+    def prompt(self, prefix: str, item_id: str) -> list[int]:
+        """`prefix`, the question and `Answer:` (no context items to drop)."""
+        text = prefix + question_block(self.item(item_id)) + ANSWER
+        return self.lm.fit_prompt(lambda _: text, 0, f"item {item_id!r}").ids
+
+    def few_shot_prompt(
+        self, group: str, context: tuple[str, ...], shares: tuple[np.ndarray, ...], item_id: str
+    ) -> FittedPrompt:
+        """The group's context items with its answer `shares`, then the question; context items are
+        dropped from the front until the prompt fits."""
+        blocks = [question_block(self.item(i)) + answer_shares(t) for i, t in zip(context, shares, strict=True)]
+        question = question_block(self.item(item_id)) + ANSWER
+
+        def build(n: int) -> str:
+            return FEW_SHOT_HEADER + "".join(blocks[len(blocks) - n :]) + question
+
+        return self.lm.fit_prompt(build, len(blocks), f"group {group!r} item {item_id!r}")
+
+    def score(self, prompts: list[list[int]], items: tuple[str, ...]) -> list[np.ndarray]:
+        return self.lm.option_probs(prompts, [self.n_candidates(i) for i in items])
+
+    def record_fit(self, episode: Episode, fitted: list[FittedPrompt]) -> None:
+        cell = self.facts.setdefault("context_fitted", {}).setdefault(str(episode.shots), {})
+        cell[episode.group] = min(f.context_used for f in fitted)
+        truncated = sum(f.context_used < len(episode.context) for f in fitted)
+        self.facts["truncated_prompts"] = self.facts.get("truncated_prompts", 0) + truncated
+
+
+@METHODS.register("lm-base", "causal LM reading the question alone (no group information)")
+class LMBase(LMMethod):
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        return self.score([self.prompt("", i) for i in episode.targets], episode.targets)
+
+
+@METHODS.register("lm-steered", "causal LM with a description of the group before the question (portray/bio/qa)")
+class LMSteered(LMMethod):
+    def __init__(self, settings: dict, setup: Setup) -> None:
+        if settings["style"] not in STYLES:
+            raise unknown_name("steering style", settings["style"], list(STYLES))
+        super().__init__(settings, setup)
+
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        prefix = steering_text(self.settings["style"], self.setup.task.name, episode.group)
+        return self.score([self.prompt(prefix, i) for i in episode.targets], episode.targets)
+
+
+@METHODS.register("few-shot", "causal LM given the group's K context items with its answer shares")
+class FewShot(LMMethod):
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        fitted = [
+            self.few_shot_prompt(episode.group, episode.context, episode.context_targets, i) for i in episode.targets
+        ]
+        self.record_fit(episode, fitted)
+        return self.score([f.ids for f in fitted], episode.targets)

@@ -1,0 +1,208 @@
+"""Fine-tuned language-model baselines of the GPO paper, with LoRA adapters (peft):
+
+- `sft`: one adapter per test group, trained on its K context items; the loss is the cross-entropy of
+  the model's letter distribution at the answer position against the group's distribution.
+- `in-context-finetune`: one adapter per seed, meta-trained on the meta-train groups with few-shot
+  prompts (a group's context items with its answer shares, then a question of the same group, whose
+  letter distribution is fitted to the group's); evaluated as `few-shot` on the test groups.
+- `reward-model`: one adapter and a scalar head per test group; the head reads the final hidden state
+  of `question + "Answer: B. option"`, the softmax of an item's option scores is fitted to the
+  group's distribution on its K context items and predicts its other items.
+
+Adapters live only inside `CausalLM.adapter()`, so the shared model is unchanged between groups.
+Each group's training draws (adapter init, batches) come from an RNG derived from (method, group, K,
+seed). With K = 0 there is nothing to train on: `sft` is `lm-base`, `reward-model` (an untrained head
+scores every option alike) is uniform. Losses (first and last step) are recorded per K and group."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..lm import LETTERS, adapter_state, length_batches
+from ..protocol import Episode, derived_rng
+from ..registry import METHODS
+from .base import Setup
+from .lm import ANSWER, FewShot, LMMethod, question_block
+
+
+def soft_cross_entropy(rows: Sequence[torch.Tensor], targets: list[np.ndarray]) -> torch.Tensor:
+    """Mean over items of −Σ target · log softmax(scores), each item's scores cut to its own options
+    (a row of letter log-probabilities may cover the longest item's letters)."""
+    losses = []
+    for row, target in zip(rows, targets, strict=True):
+        own = torch.log_softmax(row[: len(target)].float(), dim=-1)
+        losses.append(-(torch.as_tensor(target, dtype=own.dtype, device=own.device) * own).sum())
+    return torch.stack(losses).mean()
+
+
+def train(params: list[dict], loss_at: Callable[[int], torch.Tensor], settings: dict) -> list[float]:
+    """`steps` AdamW steps on `loss_at(step)`, gradients clipped to `max_grad_norm`; the losses."""
+    optimizer = torch.optim.AdamW(params, weight_decay=0.0)
+    tensors = [p for group in params for p in group["params"]]
+    losses = []
+    for step in range(settings["steps"]):
+        optimizer.zero_grad()
+        loss = loss_at(step)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tensors, settings["max_grad_norm"])
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def batch_indices(n: int, settings: dict, rng: np.random.Generator) -> list[list[int]]:
+    """`steps` batches of `batch_size` indices into n examples, passing through a fresh shuffle each epoch."""
+    order: list[int] = []
+    batches = []
+    for _ in range(settings["steps"]):
+        batch = []
+        while len(batch) < min(settings["batch_size"], n):
+            if not order:
+                order = rng.permutation(n).tolist()
+            batch.append(order.pop())
+        batches.append(batch)
+    return batches
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class PerGroupFineTuned(LMMethod):
+    """Trains afresh for every test group (and K and seed) inside `predict_episode`."""
+
+    def group_rng(self, episode: Episode) -> tuple[int, np.random.Generator]:
+        """The adapter's init seed and the batch RNG of this group, K and seed."""
+        rng = derived_rng(type(self).__name__, episode.group, episode.shots, self.setup.seed)
+        return int(rng.integers(2**31)), rng
+
+    def record_losses(self, episode: Episode, losses: list[float]) -> None:
+        cell = self.facts.setdefault("train_loss", {}).setdefault(str(episode.shots), {})
+        cell[episode.group] = [round(losses[0], 5), round(losses[-1], 5)] if losses else None
+
+
+@METHODS.register("sft", "LoRA fine-tuning per test group on its K context items (letter distribution loss)")
+class SFT(PerGroupFineTuned):
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        prompts = [self.prompt("", i) for i in episode.targets]
+        if not episode.context:
+            return self.score(prompts, episode.targets)
+        examples = [(self.prompt("", i), t) for i, t in zip(episode.context, episode.context_targets, strict=True)]
+        seed, rng = self.group_rng(episode)
+        batches = batch_indices(len(examples), self.settings, rng)
+        n = max(len(t) for _, t in examples)
+        with self.lm.adapter(self.settings, seed) as model:
+
+            def loss_at(step: int) -> torch.Tensor:
+                chosen = [examples[i] for i in batches[step]]
+                return soft_cross_entropy(self.lm.letter_log_probs([p for p, _ in chosen], n), [t for _, t in chosen])
+
+            model.train()
+            losses = train([{"params": trainable(model), "lr": self.settings["lr"]}], loss_at, self.settings)
+            model.eval()
+            self.record_losses(episode, losses)
+            return self.score(prompts, episode.targets)
+
+
+@METHODS.register("in-context-finetune", "LoRA meta-trained on the meta-train groups' few-shot prompts, then few-shot")
+class InContextFinetune(FewShot):
+    def __init__(self, settings: dict, setup: Setup) -> None:
+        super().__init__(settings, setup)
+        self.state: dict | None = None
+
+    def training_examples(self, rng: np.random.Generator) -> tuple[list[tuple[list[int], np.ndarray]], int]:
+        """Every step's few-shot prompts, drawn up front: a meta-train group, n ~ U{low..high} of its
+        items as context and one more as the question. Also how many prompts lost context items."""
+        task, groups = self.setup.task, self.setup.split.train
+        low, high = self.settings["context_items"]
+        examples, truncated = [], 0
+        for _ in range(self.settings["steps"] * self.settings["batch_size"]):
+            group = groups[int(rng.integers(len(groups)))]
+            items = sorted(task.groups[group].targets)
+            n_context = min(int(rng.integers(low, high + 1)), len(items) - 1)
+            chosen = [items[i] for i in rng.choice(len(items), size=n_context + 1, replace=False)]
+            answers = task.groups[group].targets
+            fitted = self.few_shot_prompt(group, tuple(chosen[:-1]), tuple(answers[i] for i in chosen[:-1]), chosen[-1])
+            truncated += fitted.context_used < n_context
+            examples.append((fitted.ids, answers[chosen[-1]]))
+        return examples, truncated
+
+    def fit(self) -> dict:
+        rng = derived_rng("in-context-finetune", self.setup.seed)
+        examples, truncated = self.training_examples(rng)
+        size = self.settings["batch_size"]
+        n = max(len(t) for _, t in examples)
+        with self.lm.adapter(self.settings, int(rng.integers(2**31))) as model:
+
+            def loss_at(step: int) -> torch.Tensor:
+                chosen = examples[step * size : (step + 1) * size]
+                return soft_cross_entropy(self.lm.letter_log_probs([p for p, _ in chosen], n), [t for _, t in chosen])
+
+            model.train()
+            losses = train([{"params": trainable(model), "lr": self.settings["lr"]}], loss_at, self.settings)
+            model.eval()
+            self.state = adapter_state(model)
+        self.facts.update(
+            train_loss=[round(losses[0], 5), round(losses[-1], 5)] if losses else None,
+            truncated_train_prompts=truncated,
+        )
+        return self.facts
+
+    def predict(self, episodes: list[Episode]) -> list[list[np.ndarray]]:
+        if self.state is None:
+            raise RuntimeError("in-context-finetune: predict() called before fit()")
+        with self.lm.adapter(self.settings, 0, self.state):
+            return super().predict(episodes)
+
+
+@METHODS.register("reward-model", "LM with a LoRA adapter and a scalar head per test group, scoring each option")
+class RewardModel(PerGroupFineTuned):
+    def option_prompts(self, item_id: str) -> list[list[int]]:
+        """One prompt per option: the question, then `B. option` as the answer."""
+        item = self.item(item_id)
+        text = question_block(item) + ANSWER
+        what = f"item {item_id!r}"
+        return [
+            self.lm.fit_prompt(lambda _: text, 0, what, response=f"{LETTERS[j]}. {candidate}").ids
+            for j, candidate in enumerate(item.candidates)
+        ]
+
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        if not episode.context:
+            return [np.full(self.n_candidates(i), 1.0 / self.n_candidates(i)) for i in episode.targets]
+        seed, rng = self.group_rng(episode)
+        examples = [(self.option_prompts(i), t) for i, t in zip(episode.context, episode.context_targets, strict=True)]
+        batches = batch_indices(len(examples), self.settings, rng)
+        head = torch.nn.Linear(self.lm.model.config.hidden_size, 1).to(self.lm.device)
+        torch.nn.init.zeros_(head.weight)  # every option scores alike until trained
+        torch.nn.init.zeros_(head.bias)
+
+        def scores(prompts: list[list[int]]) -> torch.Tensor:
+            return head(self.lm.last_hidden(prompts).float()).squeeze(-1)
+
+        with self.lm.adapter(self.settings, seed) as model:
+
+            def loss_at(step: int) -> torch.Tensor:
+                chosen = [examples[i] for i in batches[step]]
+                values = scores([p for options, _ in chosen for p in options])
+                per_item = values.split([len(options) for options, _ in chosen])
+                return soft_cross_entropy(per_item, [t for _, t in chosen])
+
+            model.train()
+            params = [
+                {"params": trainable(model), "lr": self.settings["lr"]},
+                {"params": list(head.parameters()), "lr": self.settings["head_lr"]},
+            ]
+            losses = train(params, loss_at, self.settings)
+            model.eval()
+            self.record_losses(episode, losses)
+            flat = [(n, p) for n, item in enumerate(episode.targets) for p in self.option_prompts(item)]
+            values = torch.empty(len(flat), dtype=torch.float64)
+            with torch.inference_mode():
+                for batch in length_batches([len(p) for _, p in flat], self.lm.batch_tokens):
+                    values[batch] = scores([flat[i][1] for i in batch]).double().cpu()
+        sizes = [self.n_candidates(i) for i in episode.targets]
+        return [torch.softmax(v, dim=-1).numpy() for v in values.split(sizes)]

@@ -1,0 +1,254 @@
+"""`gpo-bench plot shots` (headline metric against K per method, 95% bootstrap CI bands, one panel per task,
+published points as stars) and `gpo-bench plot groups` (per-group values of each method on one task, with
+CI bars). They read only the run folders, aggregate exactly as the leaderboard does
+(`leaderboard.cell_stats` / `group_stats`), and write PNG and SVG under `<output>/plots/` with the Agg
+backend, the Okabe–Ito colour-blind-safe palette and the legend outside the data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator, ScalarFormatter
+
+from .cards import load_task_card
+from .data import DataError
+from .leaderboard import (
+    OVERALL,
+    REPORTED,
+    Run,
+    cell_stats,
+    group_metric,
+    group_stats,
+    load_references,
+    load_runs,
+    pick_shots,
+)
+from .registry import UnknownNameError
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<")
+LINESTYLES = ("-", "--", ":", "-.")
+REFERENCE_MARKERS = ("*", "p", "h", "8")
+METRIC_LABELS = {
+    "alignment": "alignment score (0–1, higher is better)",
+    "accuracy": "accuracy pooled over pairs (fraction, higher is better)",
+    "user_accuracy": "accuracy, mean over users (fraction, higher is better)",
+}
+
+
+def _style(rows: list[str]) -> dict[str, dict]:
+    """A fixed look per row: Okabe–Ito colour and marker, then a new line style after every 8 rows."""
+    return {
+        row: {
+            "color": OKABE_ITO[i % len(OKABE_ITO)],
+            "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
+        }
+        for i, row in enumerate(rows)
+    }
+
+
+def _runs(output_dir: Path, tasks: list[str] | None, encoder: str | None, methods: list[str] | None) -> list[Run]:
+    runs, _ = load_runs(output_dir, tasks, encoder)
+    runs = [r for r in runs if not methods or r.method in methods]
+    if not runs:
+        wanted = f" for tasks {', '.join(tasks)}" if tasks else ""
+        raise DataError(f"no finished runs under {output_dir / 'runs'}{wanted} match; run `gpo-bench sweep` first")
+    missing = sorted(set(tasks or ()) - {r.task for r in runs})
+    if missing:
+        raise DataError(f"no finished runs of task(s) {', '.join(missing)} under {output_dir / 'runs'}")
+    return runs
+
+
+def _train_frac(task: str, runs: list[Run], requested: float | None) -> float:
+    """The requested fraction, else the task card's where it was run, else the smallest one run."""
+    available = sorted({r.train_frac for r in runs if r.task == task})
+    if requested is not None:
+        if not any(math.isclose(requested, f) for f in available):
+            raise DataError(f"task {task}: no runs with train fraction {requested} (runs have {available})")
+        return requested
+    try:
+        default = load_task_card(task).train_frac
+    except UnknownNameError:  # runs of a task whose card is gone
+        return available[0]
+    return default if any(math.isclose(default, f) for f in available) else available[0]
+
+
+def _shots(runs: list[Run], requested: int | None) -> int:
+    available = set().union(*(r.shots() for r in runs))
+    if requested is not None and requested not in available:
+        raise DataError(f"no runs have K={requested} (runs have K={sorted(available)})")
+    return pick_shots(available, requested)
+
+
+def _save(fig: Figure, name: str, output_dir: Path) -> list[Path]:
+    FigureCanvasAgg(fig)
+    folder = output_dir / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if path.suffix == ".svg" else None)
+    return paths
+
+
+def _legend_outside(fig: Figure, axes: list) -> None:
+    """One legend for all panels, right of the data, without repeated labels."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def plot_shots(
+    output_dir: Path,
+    tasks: list[str] | None = None,
+    train_frac: float | None = None,
+    encoder: str | None = None,
+    methods: list[str] | None = None,
+) -> list[Path]:
+    """Write the shot-scaling figure as PNG and SVG under `output_dir/plots/`; return their paths."""
+    return _save(*shots_figure(output_dir, tasks, train_frac, encoder, methods), output_dir)
+
+
+def plot_groups(
+    output_dir: Path,
+    task: str,
+    shots: int | None = None,
+    train_frac: float | None = None,
+    encoder: str | None = None,
+    methods: list[str] | None = None,
+) -> list[Path]:
+    """Write the per-group figure as PNG and SVG under `output_dir/plots/`; return their paths."""
+    return _save(*groups_figure(output_dir, task, shots, train_frac, encoder, methods), output_dir)
+
+
+def shots_figure(
+    output_dir: Path,
+    tasks: list[str] | None = None,
+    train_frac: float | None = None,
+    encoder: str | None = None,
+    methods: list[str] | None = None,
+) -> tuple[Figure, str]:
+    """Headline metric against K for every method, one panel per task; the figure and its file name."""
+    runs = _runs(output_dir, tasks, encoder, methods)
+    tasks = list(tasks or sorted({r.task for r in runs}))
+    style = _style(sorted({r.row for r in runs}))
+    references = load_references()
+    fig = Figure(figsize=(4.8 * len(tasks), 4.2), layout="constrained")
+    axes = list(fig.subplots(1, len(tasks), squeeze=False)[0])
+    cited = {}
+    for ax, task in zip(axes, tasks, strict=True):
+        frac = _train_frac(task, runs, train_frac)
+        task_runs = [r for r in runs if r.task == task and math.isclose(r.train_frac, frac)]
+        all_shots = sorted(set().union(*(r.shots() for r in task_runs)))
+        for row in sorted({r.row for r in task_runs}):
+            row_runs = [r for r in task_runs if r.row == row]
+            points = [(k, s) for k in all_shots if (s := cell_stats(row_runs, k)) is not None]
+            ks = [k for k, _ in points]
+            look = style[row]
+            ax.plot(ks, [s.mean for _, s in points], label=row, linewidth=1.8, markersize=5, **look)
+            ax.fill_between(
+                ks, [s.ci[0] for _, s in points], [s.ci[1] for _, s in points], color=look["color"], alpha=0.12, lw=0
+            )
+        plotted = {r.method: r.row for r in task_runs}
+        points: dict[tuple, list] = {}  # one marker per published value, naming every model that reported it
+        for ref in references:
+            if (
+                ref.task == task
+                and ref.shots is not None
+                and ref.subset == OVERALL
+                and ref.method in plotted
+                and (ref.train_frac is None or math.isclose(ref.train_frac, frac))
+            ):
+                points.setdefault((ref.method, ref.label, ref.source, ref.shots, ref.value), []).append(ref.model)
+                cited[ref.source] = ref.citation
+        for i, ((method, label, source, k, value), models) in enumerate(points.items()):
+            ax.scatter(
+                [k],
+                [value],
+                s=110,
+                marker=REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)],
+                color=style[plotted[method]]["color"],
+                edgecolors="black",
+                linewidths=0.7,
+                zorder=5,
+                label=f"{label} · {', '.join(models)}, {REPORTED} [{source}]",
+            )
+        all_shots = sorted(set(all_shots) | {k for _, _, _, k, _ in points})
+        ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+        ax.set_xticks(all_shots)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("K: context items per test group (log scale)")
+        ax.set_ylabel(METRIC_LABELS.get(task_runs[0].metric, task_runs[0].metric))
+        ax.set_title(f"{task} · {frac:.0%} of groups meta-train")
+        ax.grid(alpha=0.3)
+    _legend_outside(fig, axes)
+    caption = "Lines: mean over test groups and runs (seeds); bands: 95% bootstrap CI resampling groups and seeds."
+    caption += "".join(f"\n[{source}] {citation}" for source, citation in cited.items())
+    fig.suptitle("Shot scaling", fontweight="bold")
+    fig.text(0.0, -0.02, caption, ha="left", va="top", fontsize=7.5, wrap=True)
+    name = "shots-" + "+".join(tasks) + (f"-train{train_frac}" if train_frac is not None else "")
+    return fig, name
+
+
+def groups_figure(
+    output_dir: Path,
+    task: str,
+    shots: int | None = None,
+    train_frac: float | None = None,
+    encoder: str | None = None,
+    methods: list[str] | None = None,
+) -> tuple[Figure, str]:
+    """Per test group: each method's mean over runs with its 95% bootstrap CI over runs (seeds)."""
+    runs = _runs(output_dir, [task], encoder, methods)
+    frac = _train_frac(task, runs, train_frac)
+    runs = [r for r in runs if math.isclose(r.train_frac, frac)]
+    k = _shots(runs, shots)
+    rows = sorted({r.row for r in runs})
+    style = _style(rows)
+    stats = {row: group_stats([r for r in runs if r.row == row], k) for row in rows}
+    groups = sorted(
+        {g for per_group in stats.values() for g in per_group},
+        key=lambda g: sum(s[g].mean for s in stats.values() if g in s) / sum(g in s for s in stats.values()),
+    )
+    fig = Figure(figsize=(8.5, 1.2 + 0.22 * len(groups) * max(2, len(rows)) ** 0.7), layout="constrained")
+    ax = fig.subplots()
+    step = 0.8 / max(1, len(rows))
+    for j, row in enumerate(rows):
+        present = [g for g in groups if g in stats[row]]
+        ys = [groups.index(g) + 0.4 - step * (j + 0.5) for g in present]  # legend order, top to bottom
+        means = [stats[row][g].mean for g in present]
+        errors = [
+            [m - stats[row][g].ci[0] for g, m in zip(present, means, strict=True)],
+            [stats[row][g].ci[1] - m for g, m in zip(present, means, strict=True)],
+        ]
+        look = style[row]
+        ax.errorbar(
+            means, ys, xerr=errors, fmt=look["marker"], color=look["color"], markersize=4, capsize=2, lw=1, label=row
+        )
+    for i in range(0, len(groups), 2):
+        ax.axhspan(i - 0.5, i + 0.5, color="#f2f2f2", zorder=0)
+    ax.set_yticks(range(len(groups)), groups)
+    ax.set_ylim(-0.5, len(groups) - 0.5)
+    metric = group_metric(runs[0].metric)
+    ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel("test group")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{task}: per-group {metric} at K={k}, {frac:.0%} of groups meta-train", fontweight="bold")
+    _legend_outside(fig, [ax])
+    fig.text(
+        0.0,
+        -0.01,
+        "Points: mean over runs (seeds) of the group's mean over its target items; bars: 95% percentile bootstrap "
+        "CI resampling runs (seeds).",
+        ha="left",
+        va="top",
+        fontsize=7.5,
+        wrap=True,
+    )
+    return fig, f"groups-{task}-K{k}" + (f"-train{train_frac}" if train_frac is not None else "")

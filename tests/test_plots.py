@@ -1,0 +1,68 @@
+"""Shot-scaling and per-group plots from fixture run folders: the drawn values are the leaderboard's
+means and CIs, published points appear where they exist, and PNG and SVG files are written."""
+
+import xml.etree.ElementTree as ET
+
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+from test_leaderboard import GROUPS, opinion_runs
+
+from gpo_bench import leaderboard, plots
+from gpo_bench.cli import main
+
+
+def test_shot_curves_are_the_cell_means_with_ci_bands_and_published_points(tmp_path):
+    tables = opinion_runs(tmp_path)
+    fig, name = plots.shots_figure(tmp_path, ["opinionqa", "globalopinionqa"])
+    assert name == "shots-opinionqa+globalopinionqa"
+    panel, other = fig.axes[:2]
+    assert panel.get_title() == "opinionqa · 40% of groups meta-train" and other.get_title().startswith(
+        "globalopinionqa"
+    )
+    lines = {line.get_label(): line for line in panel.get_lines()}
+    assert set(lines) == {"population", "uniform"}
+    for method, table in tables.items():
+        x, y = lines[method].get_data()
+        assert list(x) == [0, 5, 20]
+        expected = [table.mean() - 0.02, table.mean() - 0.01, table.mean()]
+        assert np.allclose(y, expected, atol=1e-12)
+    uniform_runs = [r for r in leaderboard.load_runs(tmp_path, ["opinionqa"])[0] if r.method == "uniform"]
+    cis = [leaderboard.cell_stats(uniform_runs, k).ci for k in (0, 5, 20)]
+    colour = to_rgb(lines["uniform"].get_color())
+    band = next(c for c in panel.collections if tuple(c.get_facecolor()[0][:3]) == pytest.approx(colour))
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(min(lo for lo, _ in cis)) and ys.max() == pytest.approx(max(hi for _, hi in cis))
+    published = {c.get_label(): c.get_offsets()[0].tolist() for c in panel.collections if "reported" in c.get_label()}
+    assert published == {"uniform · Alpaca-7b, Llama2-13b-chat, reported by the paper [gpo-paper]": [20, 0.824]}
+    assert fig.legends and fig.legends[0].get_bbox_to_anchor().x0 >= panel.get_window_extent().x1
+
+
+def test_group_plot_shows_each_groups_mean_and_ci_over_runs(tmp_path):
+    tables = opinion_runs(tmp_path)
+    fig, name = plots.groups_figure(tmp_path, "opinionqa")
+    assert name == "groups-opinionqa-K20"
+    ax = fig.axes[0]
+    groups = [tick.get_text() for tick in ax.get_yticklabels()]
+    assert sorted(groups) == GROUPS
+    drawn = {}
+    for container in ax.containers:
+        x, y = container.lines[0].get_data()
+        drawn[container.get_label()] = dict(zip([groups[round(v)] for v in y], x, strict=True))
+    for method, table in tables.items():
+        for j, group in enumerate(GROUPS):
+            assert drawn[method][group] == pytest.approx(table[:, j].mean(), abs=1e-12)
+
+
+def test_cli_writes_png_and_svg_and_names_a_missing_task(tmp_path, capsys):
+    opinion_runs(tmp_path)
+    assert main(["plot", "shots", "--task", "opinionqa,globalopinionqa", "--output-dir", str(tmp_path)]) == 0
+    assert main(["plot", "groups", "--task", "opinionqa", "--shots", "5", "--output-dir", str(tmp_path)]) == 0
+    for stem in ("shots-opinionqa+globalopinionqa", "groups-opinionqa-K5"):
+        image = matplotlib.image.imread(tmp_path / "plots" / f"{stem}.png")
+        assert image.ndim == 3 and image.shape[1] > 600
+        svg = ET.parse(tmp_path / "plots" / f"{stem}.svg").getroot()
+        assert svg.tag.endswith("svg")
+    assert main(["plot", "shots", "--task", "opinionqa,prism", "--output-dir", str(tmp_path)]) == 2
+    assert "no finished runs of task(s) prism" in capsys.readouterr().err

@@ -1,0 +1,161 @@
+"""`gpo-bench sweep` on the synthetic task with cheap methods: the grid from flags or a file, one run per
+seed, resume after a kill or a failure (only the missing runs execute), failures recorded in error.json,
+and the same run folders with --jobs 2 (and Ray) as with --jobs 1."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpo_bench import runner, sweep
+from gpo_bench.cards import CardError
+from gpo_bench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--tasks", "synthetic", "--methods", "uniform,population", "--shots", "0,5"]
+
+
+def finished(output: Path) -> dict[str, float]:
+    """run folder name → mtime of its result.json."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in (output / "runs").glob("*/result.json")}
+
+
+def spy_on_execute(monkeypatch, fail_method: str | None = None) -> list[str]:
+    """Record the run ids that really execute (and make one method fail, if asked)."""
+    executed = []
+    real = runner.execute
+
+    def execute(spec, *args, **kwargs):
+        executed.append(runner.run_id(spec.resolved()))
+        if spec.method == fail_method:
+            raise RuntimeError(f"{fail_method} broke on purpose")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "execute", execute)
+    return executed
+
+
+def test_the_grid_from_a_file_and_flags(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "tasks: [synthetic]\nmethods: [uniform, knn, gpo]\nencoders: [minilm, bow]\ntrain_fracs: [0.5, 0.7]\n"
+        "seeds: [0, 1]\nshots: [0, 5]\nset: {max_steps: 7, knn.neighbors: 4}\n"
+    )
+    runs = sweep.plan(sweep.make_grid(path, {"seeds": (3,)}))  # a flag replaces the file's field
+    by_method = {m: [r for r in runs if r.spec.method == m] for m in ("uniform", "knn", "gpo")}
+    assert len(by_method["uniform"]) == 2  # one per train frac: uniform uses no encoder, so one run for both
+    assert len(by_method["knn"]) == len(by_method["gpo"]) == 4  # 2 encoders × 2 train fracs
+    assert all(r.resolved["seeds"] == [3] and r.resolved["shots"] == [0, 5] for r in runs)
+    assert {r.resolved["settings"]["max_steps"] for r in by_method["gpo"]} == {7}
+    assert {r.resolved["settings"]["neighbors"] for r in by_method["knn"]} == {4}
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert [r.run_id for r in sweep.plan(sweep.make_grid(path, {"seeds": (3,)}))] == [r.run_id for r in runs]
+
+    with pytest.raises(CardError, match=r"sweep.yaml: unknown field 'method'"):
+        path.write_text("tasks: [synthetic]\nmethod: [uniform]\n")
+        sweep.make_grid(path, {})
+    with pytest.raises(CardError, match=r"sweep.yaml: field 'seeds' holds 'a'"):
+        path.write_text("tasks: [synthetic]\nmethods: [uniform]\nseeds: [0, a]\n")
+        sweep.make_grid(path, {})
+    with pytest.raises(CardError, match="no method of this sweep"):
+        sweep.make_grid(None, {"tasks": ("synthetic",), "methods": ("uniform",), "set": ["max_steps=5"]}).specs()
+    with pytest.raises(CardError, match="method 'gpo' is not in this sweep"):
+        sweep.make_grid(None, {"tasks": ("synthetic",), "methods": ("knn",), "set": ["gpo.max_steps=5"]}).specs()
+    with pytest.raises(CardError, match="a sweep needs methods"):
+        sweep.make_grid(None, {"tasks": ("synthetic",)})
+
+
+def test_parallel_runs_that_encode_the_same_texts_wait_for_one_that_does_not_train():
+    grid = {"tasks": ("synthetic",), "methods": ("gpo", "uniform", "head", "knn"), "encoders": ("bow",)}
+    runs = sweep.plan(sweep.make_grid(None, {**grid, "seeds": (0, 1)}))
+    ready, held = sweep.waves(runs)
+    leader = ready[0]
+    assert leader.spec.method == "head" and leader.spec.seeds == (0,)  # the first feature run without training
+    assert [r.spec.method for r in ready[1:]] == ["uniform", "uniform"]
+    assert [(r.spec.method, r.spec.seeds[0]) for r in held[leader.run_id]] == [
+        ("gpo", 0),
+        ("gpo", 1),
+        ("head", 1),
+        ("knn", 0),
+        ("knn", 1),
+    ]
+
+
+def test_a_failing_run_is_recorded_the_others_go_on_and_a_rerun_executes_only_it(tmp_path, monkeypatch, capsys):
+    args = ["sweep", *FAST, "--seeds", "0,1", "--output-dir", str(tmp_path)]
+    executed = spy_on_execute(monkeypatch, fail_method="population")
+    assert main(args) == 1
+    summary = capsys.readouterr().out
+    assert "4 runs: 0 already finished, 2 ran now, 2 failed" in summary
+    failed = [
+        r
+        for r in sweep.plan(
+            sweep.make_grid(
+                None, {"tasks": ("synthetic",), "methods": ("population",), "shots": (0, 5), "seeds": (0, 1)}
+            )
+        )
+    ]
+    for run in failed:
+        error = json.loads((run.folder(tmp_path) / "error.json").read_text())
+        assert error["error"] == "RuntimeError: population broke on purpose" and error["run_id"] == run.run_id
+        assert f"FAILED {run.folder(tmp_path)}: RuntimeError: population broke on purpose" in summary
+        assert not (run.folder(tmp_path) / "result.json").exists()
+    before = finished(tmp_path)
+    assert len(before) == 2 and len(executed) == 4
+
+    executed = spy_on_execute(monkeypatch)
+    assert main(args) == 0
+    assert sorted(executed) == sorted(r.run_id for r in failed)
+    assert "4 runs: 2 already finished, 2 ran now, 0 failed" in capsys.readouterr().out
+    after = finished(tmp_path)
+    assert len(after) == 4 and all(after[name] == mtime for name, mtime in before.items())
+    assert not any((tmp_path / "runs").glob("*/error.json"))
+
+
+def test_a_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, monkeypatch, capsys):
+    args = ["sweep", *FAST, "--seeds", "0,1,2,3,4,5", "--output-dir", str(tmp_path)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpo_bench", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not finished(tmp_path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = finished(tmp_path)
+    assert 1 <= len(before) < 12, "the sweep was not killed midway"
+
+    executed = spy_on_execute(monkeypatch)
+    assert main(args) == 0
+    after = finished(tmp_path)
+    assert len(after) == 12
+    assert sorted(executed) == sorted(set(after) - set(before))  # only the missing runs ran
+    assert all(after[name] == mtime for name, mtime in before.items())
+    assert f"12 runs: {len(before)} already finished, {12 - len(before)} ran now, 0 failed" in capsys.readouterr().out
+
+
+def results(output: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text())["metrics"] for p in (output / "runs").glob("*/result.json")}
+
+
+def test_two_jobs_give_the_same_run_folders_as_one(tmp_path):
+    args = ["sweep", "--tasks", "synthetic", "--methods", "uniform,population,knn", "--encoders", "bow"]
+    args += ["--shots", "0,5", "--seeds", "0,1"]
+    assert main([*args, "--jobs", "1", "--output-dir", str(tmp_path / "one")]) == 0
+    assert main([*args, "--jobs", "2", "--output-dir", str(tmp_path / "two")]) == 0
+    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+    assert len(one) == 6 and one == two
+
+
+@pytest.mark.slow
+def test_the_ray_backend_gives_the_same_run_folders(tmp_path):
+    pytest.importorskip("ray")
+    args = ["sweep", *FAST, "--seeds", "0,1"]
+    assert main([*args, "--output-dir", str(tmp_path / "local")]) == 0
+    assert main([*args, "--backend", "ray", "--output-dir", str(tmp_path / "ray")]) == 0
+    assert results(tmp_path / "local") == results(tmp_path / "ray")
