@@ -109,3 +109,32 @@ def test_parse_selections_never_evaluates_code():
     assert parse_selections("defaultdict(<class 'list'>, {'A': [1.0]})", "x") == {"A": [1.0]}
     with pytest.raises(DataError):
         parse_selections("__import__('os').system('true')", "x")
+
+
+def test_opinionqa_individual_respondents_fixture(tmp_path):
+    from gpo_bench.cli import main
+
+    task = load_opinionqa(load_task_card("opinionqa_individual"), FIXTURES / "opinionqa_responses")
+    assert sorted(task.groups) == ["W99-1", "W99-2", "W99-4"]  # 3 refused one, 5 left one blank, 6 refused one
+    np.testing.assert_array_equal(task.groups["W99-4"].targets["GUNSAFE_W99"], [0, 0, 1])
+    np.testing.assert_array_equal(task.groups["W99-2"].targets["TAXFAIR_W99"], [0, 1])
+    assert task.drops["respondent answers that are blank or a refusal"] == 3
+    assert task.drops["respondents with fewer than 2 answers"] == 3
+    args = [
+        "run",
+        "--task",
+        "opinionqa_individual",
+        "--method",
+        "population",
+        "--data-dir",
+        str(FIXTURES / "opinionqa_responses"),
+        "--output-dir",
+        str(tmp_path),
+        "--shots",
+        "1",
+        "--seeds",
+        "0",
+        "--train-frac",
+        "0.67",
+    ]
+    assert main(args) == 0

@@ -1,6 +1,7 @@
 """OpinionQA (Santurkar et al., 2023) from the release's `human_resp/` layout: per-attribute count
 files, per-respondent `responses.csv` with survey weights, or the 22-group rows file.
-Groups are `ATTRIBUTE_value` (e.g. `RELIG_Atheist`); refusal options are dropped."""
+Groups are `ATTRIBUTE_value` (e.g. `RELIG_Atheist`); refusal options are dropped. The `individual`
+format makes each respondent of `responses.csv` a group (`W<wave>-<QKEY>`), one-hot on its answer."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 RELEASE = "opinionqa/human_resp"
 ROWS_FILE = "opinionqa-22groups/steerable_opinionqa_22groups.json"
 DISAGREEMENT = "Pew_American_Trends_Panel_disagreement_500"
-FORMATS = ("auto", "counts", "responses", "rows")
+FORMATS = ("auto", "counts", "responses", "rows", "individual")
 
 
 def read_wave_questions(wave: Path, drops: Counter) -> dict[str, Item]:
@@ -122,6 +123,25 @@ def load_responses(wave: Path, items: dict[str, Item], wanted: list[str], groups
             add_target(groups, group_id, item, totals, drops)
 
 
+def load_individuals(wave: Path, items: dict[str, Item], groups: dict, drops: Counter) -> None:
+    """`responses.csv` read per respondent: each person (`QKEY`) is a group, one-hot on its answer."""
+    path = wave / "responses.csv"
+    frame = read_csv(path, ["QKEY"])
+    for row in frame.to_dict("records"):
+        group_id = f"{wave.name.rsplit('_', 1)[-1]}-{row['QKEY']}"
+        person: dict[str, Group] = {}
+        for key in (k for k in frame.columns if k in items):
+            item = items[key]
+            if row[key] not in item.candidates:  # blank or a refusal
+                drops["respondent answers that are blank or a refusal"] += 1
+                continue
+            add_target(person, group_id, item, np.eye(len(item.candidates))[item.candidates.index(row[key])], drops)
+        if group_id in person and len(person[group_id].targets) >= 2:
+            groups[group_id] = person[group_id]
+        else:
+            drops["respondents with fewer than 2 answers"] += 1
+
+
 PROMPT_PATTERN = re.compile(r"^Question: (?P<question>.*)\nOptions: ", re.S)
 
 
@@ -187,11 +207,16 @@ def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
     else:
         for wave in waves:
             wave_items = {k: v for k, v in all_items.items() if k.endswith("_" + wave.name.rsplit("_", 1)[-1])}
-            if fmt == "responses":
+            if fmt == "individual":
+                if (wave / "responses.csv").exists():
+                    load_individuals(wave, wave_items, groups, drops)
+            elif fmt == "responses":
                 if (wave / "responses.csv").exists():
                     load_responses(wave, wave_items, wanted, groups, drops)
             else:
                 load_counts(wave, wave_items, wanted, groups, drops)
+    if fmt == "individual":
+        wanted = sorted(groups)
     used = {item_id for g in groups.values() for item_id in g.targets}
     missing = [g for g in wanted if g not in groups]
     notes = [f"source format: {fmt}"]
