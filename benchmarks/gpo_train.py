@@ -100,6 +100,11 @@ def authors_style_step(gpo: GPO, generator: torch.Generator, optimizer) -> dict:
     real = ~pad[:, c_max:]
     loss = gaussian_nll(p[real], log_std[real], y[real])
     timings["forward_s"] = time.perf_counter() - tick
+    return timed_update(loss, optimizer, timings)
+
+
+def timed_update(loss: torch.Tensor, optimizer, timings: dict) -> dict:
+    """Backward pass and optimizer step, each timed into `timings`."""
     tick = time.perf_counter()
     optimizer.zero_grad()
     loss.backward()
@@ -118,14 +123,7 @@ def our_step(gpo: GPO, generator: torch.Generator, optimizer) -> dict:
     tick = time.perf_counter()
     loss = gaussian_nll(*gpo.run_model(batch))
     timings["forward_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    optimizer.zero_grad()
-    loss.backward()
-    timings["backward_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    optimizer.step()
-    timings["optimizer_s"] = time.perf_counter() - tick
-    return timings
+    return timed_update(loss, optimizer, timings)
 
 
 def mean_timings(gpo: GPO, steps: int) -> tuple[dict, dict]:
