@@ -148,6 +148,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags `run` and `sweep` share: where data, results and caches live, and the device."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder with the raw data (e.g. ../shared/data); default ${DATA_ENV}, else the Hub",
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="where runs/ is written (default results)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="embedding cache folder (default $GPO_BENCH_CACHE or ~/.cache/gpo-bench)",
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where models run (default auto)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpo-bench",
@@ -191,25 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the GPO paper's group split (np.random.seed; the paper uses 0)",
     )
-    run.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"folder with the raw data (e.g. ../shared/data); default ${DATA_ENV}, else the Hub",
-    )
-    run.add_argument(
-        "--output-dir", type=Path, default=Path("results"), help="where runs/ is written (default results)"
-    )
-    run.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="embedding cache folder (default $GPO_BENCH_CACHE or ~/.cache/gpo-bench)",
-    )
+    add_run_location_arguments(run)
     run.add_argument("--limit-items", type=int, default=None, help="keep only the first N items (quick runs)")
-    run.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where models run (default auto)"
-    )
     run.add_argument(
         "--set",
         action="append",
@@ -266,24 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a card setting for every method that has it (max_steps=1000) or for one method "
         "(gpo.max_steps=1000); repeatable",
     )
-    sweep.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"folder with the raw data (e.g. ../shared/data); default ${DATA_ENV}, else the Hub",
-    )
-    sweep.add_argument(
-        "--output-dir", type=Path, default=Path("results"), help="where runs/ is written (default results)"
-    )
-    sweep.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="embedding cache folder (default $GPO_BENCH_CACHE or ~/.cache/gpo-bench)",
-    )
-    sweep.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where models run (default auto)"
-    )
+    add_run_location_arguments(sweep)
     sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (default 1)")
     sweep.add_argument(
         "--backend",
