@@ -163,7 +163,8 @@ def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help="embedding cache folder (default $GPO_BENCH_CACHE or ~/.cache/gpo-bench)",
+        help="cache folder of embeddings and of the dequantized default LM "
+        "(default $GPO_BENCH_CACHE or ~/.cache/gpo-bench)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where models run (default auto)"

@@ -217,8 +217,8 @@ class CausalLM:
     """A loaded causal LM with the settings every LM method shares (the `model`, `dtype`, `load_8bit`,
     `max_length`, `batch_tokens` and `chat_template` keys of an LM method card)."""
 
-    def __init__(self, settings: dict, device: str) -> None:
-        folder = model_folder(settings["model"])
+    def __init__(self, settings: dict, device: str, cache_dir: Path | None = None) -> None:
+        folder = model_folder(settings["model"], cache_dir)
         self.loaded = load_model(folder, settings["dtype"], resolve_device(device), settings["load_8bit"])
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer

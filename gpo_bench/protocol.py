@@ -89,15 +89,20 @@ class Split:
         """Meta-train and validation groups: what a method without model selection may fit on."""
         return self.train + self.validation
 
+    @property
+    def personalized(self) -> bool:
+        """Users with a training pool and test comparisons (the preference protocols), not survey groups."""
+        return self.pools is not None
+
     def role(self, group: str) -> str:
         """How predictions of a test group are labelled: `test` (opinion), `seen` or `unseen` users."""
-        if self.pools is None:
+        if not self.personalized:
             return "test"
         return "unseen" if group in self.unseen else "seen"
 
     def as_dict(self) -> dict:
         out = {"train": list(self.train), "validation": list(self.validation), "test": list(self.test)}
-        if self.pools is not None:
+        if self.personalized:
             out["unseen"] = list(self.unseen)
             out["pool_sizes"] = {g: len(p) for g, p in self.pools.items()}
         return out
@@ -167,7 +172,7 @@ def make_split(task: TaskData, protocol: str, settings: dict, train_frac: float,
 
 def visible_task(task: TaskData, split: Split) -> TaskData:
     """What methods may fit on: the seen groups, and for personalized tasks only their pools."""
-    if split.pools is None:
+    if not split.personalized:
         return task.view({g: task.groups[g].targets for g in split.seen})
     return task.view({g: split.pools[g] for g in split.seen})
 
@@ -193,7 +198,7 @@ def draw_episode(
     items (or, for validation, the rest of its pool). K is capped at what is available; the cap
     shows as `len(episode.context)`."""
     known = task.groups[group_id].targets
-    if split is None or split.pools is None:
+    if split is None or not split.personalized:
         pool, fixed_targets = sorted(known), None
         if len(pool) < 2:
             raise DataError(f"group {group_id!r} of task {task.name!r} has {len(pool)} item(s); needs at least 2")

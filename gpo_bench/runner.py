@@ -249,11 +249,11 @@ def execute(
         encoder_stats = dict(encoder.stats, dim=features.dim)
         timings["encode_s"] = time.perf_counter() - tick
 
-    rows, scores, fits, used_shots = [], {k: [] for k in resolved["shots"]}, {}, {}
+    rows, scores, fits, reports, used_shots = [], {k: [] for k in resolved["shots"]}, {}, {}, {}
     timings["fit_s"] = timings["predict_s"] = 0.0
     progress = tqdm(total=len(resolved["seeds"]) * len(resolved["shots"]), desc=rid, unit="cell")
     for seed in resolved["seeds"]:
-        setup = Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume)
+        setup = Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
         method = implementation(resolved["settings"], setup)
         tick = time.perf_counter()
         fits[str(seed)] = method.fit()
@@ -269,6 +269,7 @@ def execute(
                     scores[shots].append((seed, episode.group, row["split"], row.pop("score")))
                     rows.append(row)
             progress.update()
+        reports[str(seed)] = method.report()
     progress.close()
 
     metrics = {}
@@ -297,6 +298,7 @@ def execute(
             "notes": task.notes,
         },
         "fit": fits,
+        "predict": reports,
         "encoder": encoder_stats,
         "timings": timings,
         "device": device,

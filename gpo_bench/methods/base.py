@@ -28,6 +28,7 @@ class Setup:
     work_dir: Path
     features: Features | None = None
     resume: bool = False
+    cache_dir: Path | None = None  # models and embeddings cache (default $GPO_BENCH_CACHE)
 
 
 class Method(abc.ABC):
@@ -42,6 +43,11 @@ class Method(abc.ABC):
 
     def fit(self) -> dict:
         """Train on the seen groups; returns facts worth recording (steps, best validation, …)."""
+        return {}
+
+    def report(self) -> dict:
+        """Facts gathered while predicting (how many context items fitted a prompt, per-group training
+        losses, …); the runner writes them to result.json (`predict`, per seed) after all predictions."""
         return {}
 
     def predict(self, episodes: list[Episode]) -> list[list[np.ndarray]]:

@@ -1,17 +1,19 @@
 """In-context language-model baselines: `lm-base` (the question alone), `lm-steered` (a description of
-the group before the question, in OpinionQA's `portray`, `bio` or `qa` style, Santurkar et al. 2023)
-and `few-shot` (the group's K context items with its answer shares, then the question; GPO paper).
+the group before the question, in OpinionQA's `portray`, `bio` or `qa` style, Santurkar et al. 2023;
+on preference tasks the user's earlier choices) and `few-shot` (the group's K context items with its
+answers, then the question; GPO paper).
 
 Every prompt ends in `Answer:`; the option probabilities are read from the next-token logits of the
-answer letters (`gpo_bench.lm`). A few-shot prompt that does not fit the model drops context items,
-never the question. `fit()` returns the method's facts, and prediction adds to the same dict how many
-context items each group's prompts held (`context_fitted`, per K, the fewest over the group's
-targets) and how many prompts lost items (`truncated_prompts`); the runner writes that dict to
-result.json (`fit`, per seed) after all predictions."""
+answer letters (`gpo_bench.lm`). On preference tasks the model judges `Response A` against
+`Response B`, once in each order, and the two readings are averaged. A prompt with context items that
+does not fit the model drops context items, never the question; `report()` gives, per K and group,
+how many context items the prompts held (`context_fitted`, the fewest over the group's targets) and
+how many prompts lost items (`truncated_prompts`), which the runner writes to result.json (`predict`)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,12 +31,12 @@ FEW_SHOT_HEADER = (
     "Here are survey questions, each with the answer most common in a group of people and the share of the group "
     "that chose each option. Answer the last question as the group would.\n\n"
 )
-
-
-def question_block(item: Item) -> str:
-    """`Question: …` and the lettered options, as in OpinionQA's prompts."""
-    options = "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(item.candidates))
-    return f"Question: {item.prompt}\n{options}"
+JUDGE_FEW_SHOT_HEADER = (
+    "Here are conversations in which a user chose between two responses, each with the user's choice. "
+    "Answer the last one as this user would.\n\n"
+)
+JUDGE_HEADER = "Here is a conversation and two possible next responses. Which response does the user prefer?\n"
+HISTORY_HEADER = "Here are conversations in which this user chose between two responses:\n\n"
 
 
 def answer_shares(target: np.ndarray) -> str:
@@ -202,55 +204,121 @@ def steering_text(style: str, task_name: str, group: str) -> str:
     return f"Question: {attribute.question}\n{lettered}{ANSWER} {LETTERS[options.index(value)]}\n\n"
 
 
+Order = tuple[int, ...]  # the candidates of an item in the order a prompt shows them
+
+
+def history_text(blocks: list[str]) -> str:
+    """A user's earlier choices (the steering of `lm-steered` on preference tasks)."""
+    return HISTORY_HEADER + "".join(blocks) + "Now judge for this user.\n\n" if blocks else ""
+
+
 class LMMethod(Method):
-    """Shared by every language-model method: the loaded model, prompts, and the recorded facts."""
+    """Shared by every language-model method: the loaded model, prompts, and the recorded facts.
+
+    Tasks with lettered options (OpinionQA, GlobalOpinionQA) show an item as `Question: …` with
+    lettered options. Preference tasks (the personalized protocols) show it as a judge question:
+    the conversation and `Response A` / `Response B`, asked in both orders and the two readings
+    averaged (the probability of a response is the mean of its probability as A and as B)."""
 
     def __init__(self, settings: dict, setup: Setup) -> None:
         super().__init__(settings, setup)
-        self.lm = CausalLM(settings, setup.device)
+        self.lm = CausalLM(settings, setup.device, setup.cache_dir)
+        self.judge = setup.split.personalized
         self.facts: dict = {"model": settings["model"], "load_s": round(self.lm.loaded.load_s, 3)}
+        self.prediction_facts: dict = {}
 
     def fit(self) -> dict:
         return self.facts
 
+    def report(self) -> dict:
+        return self.prediction_facts
+
     def item(self, item_id: str) -> Item:
         return self.setup.task.items[item_id]
 
-    def prompt(self, prefix: str, item_id: str) -> list[int]:
-        """`prefix`, the question and `Answer:` (no context items to drop)."""
-        text = prefix + question_block(self.item(item_id)) + ANSWER
-        return self.lm.fit_prompt(lambda _: text, 0, f"item {item_id!r}").ids
+    def orders(self, item_id: str) -> list[Order]:
+        """The candidate orders an item is asked in: both for a judged pair, else the item's own."""
+        identity = tuple(range(self.n_candidates(item_id)))
+        return [identity, identity[::-1]] if self.judge else [identity]
+
+    def block(self, item_id: str, order: Order | None = None) -> str:
+        """The item as a prompt shows it, candidates in `order` (default: the item's own)."""
+        item = self.item(item_id)
+        shown = [item.candidates[c] for c in (order or range(len(item.candidates)))]
+        if self.judge:
+            responses = "".join(f"Response {LETTERS[j]}: {c}\n" for j, c in enumerate(shown))
+            return f"{JUDGE_HEADER}Conversation: {item.prompt}\n{responses}"
+        options = "".join(f"{LETTERS[j]}. {c}\n" for j, c in enumerate(shown))
+        return f"Question: {item.prompt}\n{options}"
+
+    def answered(self, item_id: str, target: np.ndarray) -> str:
+        """A context item with the group's answer: the shares of a survey group, the choice of a user."""
+        if self.judge:
+            return self.block(item_id) + f"{ANSWER} {LETTERS[int(np.argmax(target))]}\n\n"
+        return self.block(item_id) + answer_shares(target)
+
+    def chosen_block(self, item_id: str, target: np.ndarray) -> str:
+        """A user's earlier comparison as a statement of what they preferred."""
+        item = self.item(item_id)
+        chosen = int(np.argmax(target))
+        return (
+            f"Conversation: {item.prompt}\nPreferred response: {item.candidates[chosen]}\n"
+            f"Other response: {item.candidates[1 - chosen]}\n\n"
+        )
+
+    def prompt(self, prefix: str, item_id: str, order: Order | None = None) -> FittedPrompt:
+        """`prefix`, the item and `Answer:` (no context items to drop)."""
+        text = prefix + self.block(item_id, order) + ANSWER
+        return self.lm.fit_prompt(lambda _: text, 0, f"item {item_id!r}")
+
+    def context_prompt(
+        self, blocks: list[str], frame: Callable[[list[str]], str], item_id: str, order: Order | None, what: str
+    ) -> FittedPrompt:
+        """`frame(blocks)`, then the item and `Answer:`; context blocks are dropped from the front (the
+        farthest from the question) until the prompt fits."""
+        question = self.block(item_id, order) + ANSWER
+        return self.lm.fit_prompt(lambda n: frame(blocks[len(blocks) - n :]) + question, len(blocks), what)
 
     def few_shot_prompt(
-        self, group: str, context: tuple[str, ...], shares: tuple[np.ndarray, ...], item_id: str
+        self, group: str, context: tuple[str, ...], shares: tuple[np.ndarray, ...], item_id: str, order: Order | None
     ) -> FittedPrompt:
-        """The group's context items with its answer `shares`, then the question; context items are
-        dropped from the front until the prompt fits."""
-        blocks = [question_block(self.item(i)) + answer_shares(t) for i, t in zip(context, shares, strict=True)]
-        question = question_block(self.item(item_id)) + ANSWER
+        """The group's context items with its answers, then the question."""
+        blocks = [self.answered(i, t) for i, t in zip(context, shares, strict=True)]
+        header = JUDGE_FEW_SHOT_HEADER if self.judge else FEW_SHOT_HEADER
+        return self.context_prompt(
+            blocks, lambda kept: header + "".join(kept), item_id, order, f"group {group!r} item {item_id!r}"
+        )
 
-        def build(n: int) -> str:
-            return FEW_SHOT_HEADER + "".join(blocks[len(blocks) - n :]) + question
-
-        return self.lm.fit_prompt(build, len(blocks), f"group {group!r} item {item_id!r}")
-
-    def score(self, prompts: list[list[int]], items: tuple[str, ...]) -> list[np.ndarray]:
-        return self.lm.option_probs(prompts, [self.n_candidates(i) for i in items])
+    def score(
+        self, episode: Episode, build: Callable[[str, Order], FittedPrompt], uses_context: bool = False
+    ) -> list[np.ndarray]:
+        """The episode's target distributions: every target asked in each of its orders, each reading
+        mapped back to the item's own candidate order and averaged. With `uses_context`, records how
+        many of the episode's context items the prompts held."""
+        asked = [(i, order) for i in episode.targets for order in self.orders(i)]
+        fitted = [build(i, order) for i, order in asked]
+        if uses_context:
+            self.record_fit(episode, fitted)
+        readings = self.lm.option_probs([f.ids for f in fitted], [len(order) for _, order in asked])
+        out = {i: np.zeros(self.n_candidates(i)) for i in episode.targets}
+        for (i, order), probs in zip(asked, readings, strict=True):
+            out[i][list(order)] += probs / len(self.orders(i))
+        return [out[i] for i in episode.targets]
 
     def record_fit(self, episode: Episode, fitted: list[FittedPrompt]) -> None:
-        cell = self.facts.setdefault("context_fitted", {}).setdefault(str(episode.shots), {})
+        cell = self.prediction_facts.setdefault("context_fitted", {}).setdefault(str(episode.shots), {})
         cell[episode.group] = min(f.context_used for f in fitted)
         truncated = sum(f.context_used < len(episode.context) for f in fitted)
-        self.facts["truncated_prompts"] = self.facts.get("truncated_prompts", 0) + truncated
+        self.prediction_facts["truncated_prompts"] = self.prediction_facts.get("truncated_prompts", 0) + truncated
 
 
 @METHODS.register("lm-base", "causal LM reading the question alone (no group information)")
 class LMBase(LMMethod):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        return self.score([self.prompt("", i) for i in episode.targets], episode.targets)
+        return self.score(episode, lambda i, order: self.prompt("", i, order))
 
 
-@METHODS.register("lm-steered", "causal LM with a description of the group before the question (portray/bio/qa)")
+@METHODS.register("lm-steered", "causal LM told who the group is (portray/bio/qa), or shown a user's earlier choices")
 class LMSteered(LMMethod):
     def __init__(self, settings: dict, setup: Setup) -> None:
         if settings["style"] not in STYLES:
@@ -258,15 +326,21 @@ class LMSteered(LMMethod):
         super().__init__(settings, setup)
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        if self.judge:  # a user is described by their preference history: their K context comparisons
+            blocks = [self.chosen_block(i, t) for i, t in zip(episode.context, episode.context_targets, strict=True)]
+            what = f"user {episode.group!r}"
+            return self.score(
+                episode, lambda i, order: self.context_prompt(blocks, history_text, i, order, what), uses_context=True
+            )
         prefix = steering_text(self.settings["style"], self.setup.task.name, episode.group)
-        return self.score([self.prompt(prefix, i) for i in episode.targets], episode.targets)
+        return self.score(episode, lambda i, order: self.prompt(prefix, i, order))
 
 
-@METHODS.register("few-shot", "causal LM given the group's K context items with its answer shares")
+@METHODS.register("few-shot", "causal LM given the group's K context items with its answers")
 class FewShot(LMMethod):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        fitted = [
-            self.few_shot_prompt(episode.group, episode.context, episode.context_targets, i) for i in episode.targets
-        ]
-        self.record_fit(episode, fitted)
-        return self.score([f.ids for f in fitted], episode.targets)
+        return self.score(
+            episode,
+            lambda i, order: self.few_shot_prompt(episode.group, episode.context, episode.context_targets, i, order),
+            uses_context=True,
+        )

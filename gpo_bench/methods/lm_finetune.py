@@ -25,7 +25,7 @@ from ..lm import LETTERS, adapter_state, length_batches
 from ..protocol import Episode, derived_rng
 from ..registry import METHODS
 from .base import Setup
-from .lm import ANSWER, FewShot, LMMethod, question_block
+from .lm import ANSWER, FewShot, LMMethod
 
 
 def soft_cross_entropy(rows: Sequence[torch.Tensor], targets: list[np.ndarray]) -> torch.Tensor:
@@ -80,17 +80,23 @@ class PerGroupFineTuned(LMMethod):
         return int(rng.integers(2**31)), rng
 
     def record_losses(self, episode: Episode, losses: list[float]) -> None:
-        cell = self.facts.setdefault("train_loss", {}).setdefault(str(episode.shots), {})
+        cell = self.prediction_facts.setdefault("train_loss", {}).setdefault(str(episode.shots), {})
         cell[episode.group] = [round(losses[0], 5), round(losses[-1], 5)] if losses else None
 
 
 @METHODS.register("sft", "LoRA fine-tuning per test group on its K context items (letter distribution loss)")
 class SFT(PerGroupFineTuned):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        prompts = [self.prompt("", i) for i in episode.targets]
+        def build(item_id: str, order: tuple[int, ...]):
+            return self.prompt("", item_id, order)
+
         if not episode.context:
-            return self.score(prompts, episode.targets)
-        examples = [(self.prompt("", i), t) for i, t in zip(episode.context, episode.context_targets, strict=True)]
+            return self.score(episode, build)
+        examples = [  # a judged pair trains in both orders, its target in the order shown
+            (build(i, order).ids, t[list(order)])
+            for i, t in zip(episode.context, episode.context_targets, strict=True)
+            for order in self.orders(i)
+        ]
         seed, rng = self.group_rng(episode)
         batches = batch_indices(len(examples), self.settings, rng)
         n = max(len(t) for _, t in examples)
@@ -104,7 +110,7 @@ class SFT(PerGroupFineTuned):
             losses = train([{"params": trainable(model), "lr": self.settings["lr"]}], loss_at, self.settings)
             model.eval()
             self.record_losses(episode, losses)
-            return self.score(prompts, episode.targets)
+            return self.score(episode, build)
 
 
 @METHODS.register("in-context-finetune", "LoRA meta-trained on the meta-train groups' few-shot prompts, then few-shot")
@@ -124,10 +130,13 @@ class InContextFinetune(FewShot):
             items = sorted(task.groups[group].targets)
             n_context = min(int(rng.integers(low, high + 1)), len(items) - 1)
             chosen = [items[i] for i in rng.choice(len(items), size=n_context + 1, replace=False)]
+            *context, question = chosen
+            orders = self.orders(question)
+            order = orders[int(rng.integers(len(orders)))] if len(orders) > 1 else orders[0]
             answers = task.groups[group].targets
-            fitted = self.few_shot_prompt(group, tuple(chosen[:-1]), tuple(answers[i] for i in chosen[:-1]), chosen[-1])
+            fitted = self.few_shot_prompt(group, tuple(context), tuple(answers[i] for i in context), question, order)
             truncated += fitted.context_used < n_context
-            examples.append((fitted.ids, answers[chosen[-1]]))
+            examples.append((fitted.ids, answers[question][list(order)]))
         return examples, truncated
 
     def fit(self) -> dict:
@@ -161,10 +170,13 @@ class InContextFinetune(FewShot):
 @METHODS.register("reward-model", "LM with a LoRA adapter and a scalar head per test group, scoring each option")
 class RewardModel(PerGroupFineTuned):
     def option_prompts(self, item_id: str) -> list[list[int]]:
-        """One prompt per option: the question, then `B. option` as the answer."""
+        """One prompt per option: the question, then `B. option` as the answer; for a preference pair the
+        reward model's own input, the conversation with the response as the assistant's turn."""
         item = self.item(item_id)
-        text = question_block(item) + ANSWER
         what = f"item {item_id!r}"
+        if self.judge:
+            return [self.lm.fit_prompt(lambda _: item.prompt, 0, what, response=c).ids for c in item.candidates]
+        text = self.block(item_id) + ANSWER
         return [
             self.lm.fit_prompt(lambda _: text, 0, what, response=f"{LETTERS[j]}. {candidate}").ids
             for j, candidate in enumerate(item.candidates)
