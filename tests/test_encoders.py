@@ -71,3 +71,15 @@ def test_long_inputs_are_truncated_from_the_left(tmp_path):
     )
     np.testing.assert_allclose(a, b, atol=1e-6)  # the differing beginnings were cut
     assert not np.allclose(a, c, atol=1e-3)  # the responses were kept
+
+
+def test_smollm2_encoder_reads_the_lm_baselines_model_from_the_cache_dir(tmp_path, monkeypatch):
+    from gpo_bench import lm
+
+    tiny = lm.build_tiny_model(tmp_path / "tiny")
+    asked = []
+    monkeypatch.setattr(lm, "smollm2_folder", lambda cache_dir: asked.append(cache_dir) or tiny)
+    encoder = Encoder(EncoderSpec.parse("smollm2,pooling=mean"), device="cpu", cache_dir=tmp_path / "cache")
+    vectors = encoder.encode([("Pick one.", "Question?", "A. yes"), ("Pick one.", "Question?", "B. no")])
+    assert asked == [tmp_path / "cache"] and encoder.folder == tiny
+    assert vectors.shape == (2, 32) and not np.allclose(*vectors)  # the tiny Llama is 32-d
