@@ -10,13 +10,19 @@ takes the per-item softmax in a Python loop over slices. Its evaluation makes on
 target option with tensors rebuilt from lists; it is timed on --reference-calls calls and
 extrapolated to the full pass (said so in the output).
 
+Peak memory is measured on the OpinionQA shapes in fresh processes, one per implementation: gpo-bench
+trains and evaluates with each option vector stored once; the authors'-style process holds the data
+as their code does (every group's copy of every option vector as Python floats) and trains on it.
+
     python benchmarks/gpo_train.py [--data-dir ../shared/data] [--steps 20]
 """
 
 import argparse
 import math
+import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +200,53 @@ def report(name: str, task: TaskData, features: Features, steps: int, reference_
     )
 
 
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory(implementation: str, steps: int) -> tuple[float, float]:
+    """In a fresh process: peak RSS (MiB) after building the OpinionQA-shaped data, and after `steps`
+    training steps and one evaluation of the test groups with `implementation`."""
+    task, features = opinionqa_shaped()
+    split = split_groups(sorted(task.groups), 0.4, 0.2, 0)
+    setup = Setup(task, split, 0, "cpu", Path("/tmp/gpo-bench-benchmark"), features)
+    gpo = GPO(load_method_card("gpo").settings, setup)
+    data = peak_rss_mib()
+    optimizer = torch.optim.Adam(gpo.model.parameters(), lr=3e-4)
+    generator = torch.Generator().manual_seed(0)
+    if implementation == "gpo-bench":
+        for _ in range(steps):
+            our_step(gpo, generator, optimizer)
+        gpo.predict([draw_episode(task, g, 20, 0) for g in split.test])
+    else:
+        # The authors' dataset: per group, per item, per option, the option vector as a Python list of
+        # floats with the group's share appended, for every group (meta-train and test).
+        held = {
+            name: [
+                [features.matrix[r].tolist() + [float(y)] for r, y in zip(features.rows[i], target, strict=True)]
+                for i, target in group.targets.items()
+            ]
+            for name, group in task.groups.items()
+        }
+        for _ in range(steps):
+            authors_style_step(gpo, generator, optimizer)
+        authors_style_eval(gpo, 20, 50)
+        del held
+    return data, peak_rss_mib()
+
+
+def memory_report(steps: int) -> None:
+    print("\n== peak resident memory, OpinionQA shapes (d = 4096), one fresh process per implementation")
+    peaks = {}
+    for name in ("gpo-bench", "authors' style"):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # a fresh process
+            peaks[name] = pool.submit(peak_memory, name, steps).result()
+    for name, (data, peak) in peaks.items():
+        print(f"{name:16} {peak:8.0f} MiB peak ({data:.0f} MiB once the shared data and model were built)")
+    ratio = peaks["authors' style"][1] / peaks["gpo-bench"][1]
+    print(f"memory ratio: {ratio:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=None, help="also run on real OpinionQA with MiniLM")
@@ -207,11 +260,7 @@ def main() -> None:
         real = load_task(card, args.data_dir)
         features = build_features(real, Encoder(EncoderSpec.parse("minilm"), device="cpu"), card)
         report("real OpinionQA, MiniLM features", real, features, args.steps, args.reference_calls)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"\npeak resident memory of this process (both implementations): {peak:.0f} MiB; gpo-bench holds each "
-        f"unique option vector once ({features.matrix.nbytes / 2**20:.1f} MiB for the last task's features)"
-    )
+    memory_report(args.steps)
 
 
 if __name__ == "__main__":

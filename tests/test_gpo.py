@@ -28,25 +28,26 @@ def reference_forward(model, ctx_x, ctx_y, tgt_x):
 def test_packed_attention_equals_masked_transformer_encoder():
     model = small_model()
     g = torch.Generator().manual_seed(1)
+    table = torch.randn(9, 6, generator=g)  # the distinct vectors; groups share some, as options do
     groups = [
-        (torch.randn(c, 6, generator=g), torch.rand(c, generator=g), torch.randn(t, 6, generator=g))
+        (torch.randint(9, (c,), generator=g), torch.rand(c, generator=g), torch.randint(9, (t,), generator=g))
         for c, t in ((5, 7), (3, 4), (8, 2))
     ]
+    rows = torch.cat([c for c, _, _ in groups] + [t for _, _, t in groups])
+    y = torch.cat([y for _, y, _ in groups] + [torch.zeros(len(t)) for _, _, t in groups])
     with torch.no_grad():
-        mu, s = model(
-            torch.cat([c for c, _, _ in groups]),
-            torch.cat([y for _, y, _ in groups]),
-            torch.cat([t for _, _, t in groups]),
-            Layout.build([5, 3, 8], [7, 4, 2], torch.device("cpu")),
-        )
-        expected = [reference_forward(model, *group) for group in groups]
+        mu, s = model(table, rows, y, Layout.build([5, 3, 8], [7, 4, 2], torch.device("cpu")))
+        expected = [reference_forward(model, table[c], y, table[t]) for c, y, t in groups]
     torch.testing.assert_close(mu, torch.cat([m for m, _ in expected]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s, torch.cat([v for _, v in expected]), atol=1e-5, rtol=1e-5)
 
 
 def forward_one(model, ctx_x, ctx_y, tgt_x):
+    rows = torch.arange(len(ctx_x) + len(tgt_x))
+    y = torch.cat([ctx_y, torch.zeros(len(tgt_x))])
+    layout = Layout.build([len(ctx_x)], [len(tgt_x)], torch.device("cpu"))
     with torch.no_grad():
-        return model(ctx_x, ctx_y, tgt_x, Layout.build([len(ctx_x)], [len(tgt_x)], torch.device("cpu")))[0]
+        return model(torch.cat([ctx_x, tgt_x]), rows, y, layout)[0]
 
 
 def test_targets_do_not_see_each_other_and_context_order_does_not_matter():

@@ -8,7 +8,9 @@ within each target item; loss = Gaussian NLL of y under N(p, exp(s)^2).
 Speed without changing the function: since no token attends to a target, the context tokens evolve
 on their own, and target tokens only query the context. Each layer therefore runs attention with the
 context as keys (cost T x C instead of (C+T)^2), using the very parameters of
-`nn.TransformerEncoderLayer`; a test checks equality with the masked `nn.TransformerEncoder`.
+`nn.TransformerEncoderLayer`; a test checks equality with the masked `nn.TransformerEncoder`. The
+embedding MLP's first layer is applied once per distinct candidate vector of a batch and its output
+gathered per point, so a d = 4096 vector shared by many groups is never copied per point.
 
 Deviations from the authors' code, each a fix: validation groups (not the test groups) pick the
 checkpoint; the loss is the mean over real target points (theirs counts padding in the mean);
@@ -53,15 +55,23 @@ class GPOModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 2))
 
-    def forward(self, ctx_x: torch.Tensor, ctx_y: torch.Tensor, tgt_x: torch.Tensor, layout: Layout):
-        """Packed points (no padding): ctx_x [ΣC, d], ctx_y [ΣC], tgt_x [ΣT, d] → mu, s [ΣT]."""
-        context = self.embed(torch.cat([ctx_x, ctx_y.unsqueeze(-1)], dim=-1))
-        targets = self.embed(torch.cat([tgt_x, tgt_x.new_zeros(len(tgt_x), 1)], dim=-1))
-        tokens = torch.cat([context, targets])[layout.order]
+    def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, layout: Layout):
+        """Packed points (no padding), every context point then every target point: their vectors
+        x[rows] (x [U, d], rows [ΣC+ΣT]) and y [ΣC+ΣT] (0 for targets) → mu, s [ΣT]."""
+        tokens = self.embed_points(x, rows, y)[layout.order]
         for layer in self.encoder.layers:
             tokens = self.layer_step(layer, tokens, layout)
         out = self.head(tokens[layout.target_positions])
         return out[:, 0], out[:, 1]
+
+    def embed_points(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """MLP([x[rows]; y]). Its first layer is W_x x + w_y y + b, and W_x x is computed once per
+        distinct row: a candidate recurs in every group that answered it, and at d = 4096 gathering
+        x[rows] would hold one copy of the vector per point."""
+        first = self.embed[0]
+        distinct, position = torch.unique(rows, return_inverse=True)
+        hidden = F.linear(x[distinct], first.weight[:, :-1])[position]
+        return self.embed[1:](hidden + torch.outer(y, first.weight[:, -1]) + first.bias)
 
     @staticmethod
     def layer_step(layer: nn.TransformerEncoderLayer, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -187,8 +197,10 @@ class GPO(Method):
 
     def run_model(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """→ p (per-item softmax), log std and the targets, per target point."""
+        rows = torch.cat([batch.ctx_rows, batch.tgt_rows])
+        y = torch.cat([batch.ctx_y, batch.ctx_y.new_zeros(len(batch.tgt_rows))])
         with self.autocast:
-            mu, log_std = self.model(self.x[batch.ctx_rows], batch.ctx_y, self.x[batch.tgt_rows], batch.layout)
+            mu, log_std = self.model(self.x, rows, y, batch.layout)
         p = item_softmax(mu.float(), batch.tgt_segment, batch.n_segments)
         return p, log_std.float(), batch.tgt_y
 
