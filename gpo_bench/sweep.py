@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -296,11 +297,24 @@ def _drive(
         running.update({start(follower): follower for follower in held.pop(run.run_id, [])})
 
 
+def exit_with_parent(parent: int) -> None:
+    """In a worker: end this process once the sweep that started it is gone. A sweep stopped by SIGTERM
+    or SIGKILL (`timeout`, `kill`, a batch scheduler) would otherwise leave its workers training."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _process_pool(
     pending: list[PlannedRun], options: Options, jobs: int, report: Callable[[PlannedRun, Outcome], None]
 ) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(jobs, mp_context=spawn, initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def wait_one(futures: list[Future]) -> tuple[Future, Callable[[], Outcome]]:
         done = next(iter(wait(futures, return_when=FIRST_COMPLETED).done))

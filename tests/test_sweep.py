@@ -139,6 +139,38 @@ def test_a_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, monkeypatch
     assert f"12 runs: {len(before)} already finished, {12 - len(before)} ran now, 0 failed" in capsys.readouterr().out
 
 
+def test_workers_end_when_the_sweep_is_killed(tmp_path):
+    args = ["sweep", "--tasks", "synthetic", "--methods", "gpo", "--encoders", "bow", "--seeds", "0,1"]
+    args += ["--set", "max_steps=100000", "--jobs", "2", "--output-dir", str(tmp_path)]
+    process = subprocess.Popen([sys.executable, "-m", "gpo_bench", *args], cwd=REPO, stderr=subprocess.DEVNULL)
+
+    def workers() -> list[int]:
+        listed = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in listed.split()]
+
+    deadline = time.monotonic() + 120
+    while len(started := workers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(started) >= 2, "the sweep never started its workers"
+    time.sleep(3)  # into training
+    process.kill()  # SIGKILL: no handler of the sweep runs
+    process.wait()
+
+    def running(pid: int) -> bool:  # a zombie (ended, not yet reaped) counts as ended
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(running(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in started if running(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers outlived the sweep"
+
+
 def results(output: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text())["metrics"] for p in (output / "runs").glob("*/result.json")}
 
