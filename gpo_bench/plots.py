@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
@@ -89,8 +90,10 @@ def _save(fig: Figure, name: str, output_dir: Path) -> list[Path]:
     folder = output_dir / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if path.suffix == ".svg" else None)
+    # No date and fixed element ids in the SVG: the same runs give the same file.
+    with matplotlib.rc_context({"svg.hashsalt": "gpo-bench"}):
+        for path in paths:
+            fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if path.suffix == ".svg" else None)
     return paths
 
 

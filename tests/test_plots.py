@@ -64,5 +64,8 @@ def test_cli_writes_png_and_svg_and_names_a_missing_task(tmp_path, capsys):
         assert image.ndim == 3 and image.shape[1] > 600
         svg = ET.parse(tmp_path / "plots" / f"{stem}.svg").getroot()
         assert svg.tag.endswith("svg")
+    first = (tmp_path / "plots" / "shots-opinionqa+globalopinionqa.svg").read_bytes()
+    assert main(["plot", "shots", "--task", "opinionqa,globalopinionqa", "--output-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "plots" / "shots-opinionqa+globalopinionqa.svg").read_bytes() == first  # same runs, same file
     assert main(["plot", "shots", "--task", "opinionqa,prism", "--output-dir", str(tmp_path)]) == 2
     assert "no finished runs of task(s) prism" in capsys.readouterr().err
