@@ -201,6 +201,13 @@ def report(name: str, task: TaskData, features: Features, steps: int, reference_
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM, since ru_maxrss carries over the peak of
+    the parent process that forked it (spawn's fork + exec)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
