@@ -279,11 +279,8 @@ class LMMethod(Method):
         question = self.block(item_id, order) + ANSWER
         return self.lm.fit_prompt(lambda n: frame(blocks[len(blocks) - n :]) + question, len(blocks), what)
 
-    def few_shot_prompt(
-        self, group: str, context: tuple[str, ...], shares: tuple[np.ndarray, ...], item_id: str, order: Order | None
-    ) -> FittedPrompt:
-        """The group's context items with its answers, then the question."""
-        blocks = [self.answered(i, t) for i, t in zip(context, shares, strict=True)]
+    def few_shot_prompt(self, group: str, blocks: list[str], item_id: str, order: Order | None) -> FittedPrompt:
+        """The group's context items with its answers (`blocks`, from `answered`), then the question."""
         header = JUDGE_FEW_SHOT_HEADER if self.judge else FEW_SHOT_HEADER
         return self.context_prompt(
             blocks, lambda kept: header + "".join(kept), item_id, order, f"group {group!r} item {item_id!r}"
@@ -295,14 +292,15 @@ class LMMethod(Method):
         """The episode's target distributions: every target asked in each of its orders, each reading
         mapped back to the item's own candidate order and averaged. With `uses_context`, records how
         many of the episode's context items the prompts held."""
-        asked = [(i, order) for i in episode.targets for order in self.orders(i)]
+        orders = {i: self.orders(i) for i in episode.targets}
+        asked = [(i, order) for i in episode.targets for order in orders[i]]
         fitted = [build(i, order) for i, order in asked]
         if uses_context:
             self.record_fit(episode, fitted)
         readings = self.lm.option_probs([f.ids for f in fitted], [len(order) for _, order in asked])
         out = {i: np.zeros(self.n_candidates(i)) for i in episode.targets}
         for (i, order), probs in zip(asked, readings, strict=True):
-            out[i][list(order)] += probs / len(self.orders(i))
+            out[i][list(order)] += probs / len(orders[i])
         return [out[i] for i in episode.targets]
 
     def record_fit(self, episode: Episode, fitted: list[FittedPrompt]) -> None:
@@ -339,8 +337,7 @@ class LMSteered(LMMethod):
 @METHODS.register("few-shot", "causal LM given the group's K context items with its answers")
 class FewShot(LMMethod):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        blocks = [self.answered(i, t) for i, t in zip(episode.context, episode.context_targets, strict=True)]
         return self.score(
-            episode,
-            lambda i, order: self.few_shot_prompt(episode.group, episode.context, episode.context_targets, i, order),
-            uses_context=True,
+            episode, lambda i, order: self.few_shot_prompt(episode.group, blocks, i, order), uses_context=True
         )

@@ -134,7 +134,8 @@ class InContextFinetune(FewShot):
             orders = self.orders(question)
             order = orders[int(rng.integers(len(orders)))] if len(orders) > 1 else orders[0]
             answers = task.groups[group].targets
-            fitted = self.few_shot_prompt(group, tuple(context), tuple(answers[i] for i in context), question, order)
+            blocks = [self.answered(i, answers[i]) for i in context]
+            fitted = self.few_shot_prompt(group, blocks, question, order)
             truncated += fitted.context_used < n_context
             examples.append((fitted.ids, answers[question][list(order)]))
         return examples, truncated
