@@ -171,3 +171,18 @@ def test_gpo_learns_the_planted_group_structure(tmp_path):
     for k in ("5", "10", "20"):
         assert gpo[k] > population[k] + 0.08, (k, gpo[k], population[k])
         assert gpo[k] > uniform[k] + 0.15, (k, gpo[k], uniform[k])
+
+
+def test_embedding_gradients_are_deterministic_with_shared_vectors():
+    # Many points share few vectors, as options shared by groups do: the gradient of the first layer
+    # must not depend on the order in which threads add up the repeated rows.
+    torch.manual_seed(0)
+    model = GPOModel(512, d_model=128, layers=1, heads=4, d_ff=128, mlp_depth=2)
+    x, rows, y = torch.randn(3000, 512), torch.randint(3000, (20000,)), torch.rand(20000)
+    weights = torch.arange(20000.0)[:, None]
+    grads = []
+    for _ in range(5):
+        model.zero_grad()
+        (model.embed_points(x, rows, y).sin() * weights).sum().backward()
+        grads.append(model.embed[0].weight.grad.clone())
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

@@ -70,7 +70,9 @@ class GPOModel(nn.Module):
         x[rows] would hold one copy of the vector per point."""
         first = self.embed[0]
         distinct, position = torch.unique(rows, return_inverse=True)
-        hidden = F.linear(x[distinct], first.weight[:, :-1])[position]
+        # index_select, not [position]: the backward of advanced indexing with repeated indices adds
+        # in a thread-dependent order on the CPU, which made training non-deterministic.
+        hidden = torch.index_select(F.linear(x[distinct], first.weight[:, :-1]), 0, position)
         return self.embed[1:](hidden + torch.outer(y, first.weight[:, -1]) + first.bias)
 
     @staticmethod
