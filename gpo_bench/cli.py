@@ -1,4 +1,4 @@
-"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard` and `plot`."""
+"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard`, `compare` and `plot`."""
 
 from __future__ import annotations
 
@@ -60,7 +60,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+FALLBACK_NOTICE = 0.05  # print a cell's fallback share when more of its predictions than this fell back
+
+
 def print_table(result: dict) -> None:
+    """The headline per K with its CI and item-pooled mean, where it stands between the floor (uniform) and the
+    sampling ceiling, and how many predictions fell back to a less informed guess."""
     metric = result["metric"]
     spec = result["spec"]
     print(
@@ -68,12 +73,36 @@ def print_table(result: dict) -> None:
         f"seeds={spec['seeds']}  test groups={len(result['split']['test'])}"
     )
     subsets = [name for name in ("seen", "unseen") if any(name in c for c in result["metrics"].values())]
-    print(f"{'K':>4}  {metric:>13}  {'95% CI':>17}" + "".join(f"  {name:>7}" for name in subsets) + f"  {'items':>7}")
+    print(
+        f"{'K':>4}  {metric:>13}  {'95% CI':>17}  {'pooled':>7}"
+        + "".join(f"  {name:>7}" for name in subsets)
+        + f"  {'uniform':>7}  {'ceiling':>7}  {'headroom':>8}  {'items':>7}"
+    )
+    notes = []
     for shots, cell in sorted(result["metrics"].items(), key=lambda kv: int(kv[0])):
         s = cell[metric]
+        pooled = cell[metric].get("pooled", s["mean"])
         extra = "".join(f"  {cell[name][metric]['mean']:7.4f}" if name in cell else f"  {'-':>7}" for name in subsets)
         items = cell.get("user_accuracy", s)["n_items"]
-        print(f"{shots:>4}  {s['mean']:13.4f}  [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]{extra}  {items:7d}")
+        reference = cell.get("reference", {})
+        ceiling, headroom = reference.get("ceiling"), reference.get("headroom")
+        print(
+            f"{shots:>4}  {s['mean']:13.4f}  [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]  {pooled:7.4f}{extra}"
+            f"  {reference.get('uniform', float('nan')):7.4f}  {'n/a' if ceiling is None else f'{ceiling:.4f}':>7}"
+            f"  {'n/a' if headroom is None else f'{headroom:.0%}':>8}  {items:7d}"
+        )
+        fallbacks = cell.get("fallbacks", {})
+        if fallbacks.get("share", 0) > FALLBACK_NOTICE or fallbacks.get("ties_broken", 0) > FALLBACK_NOTICE * items:
+            kinds = {k: v for k, v in fallbacks.items() if k not in ("predictions", "share")}
+            notes.append(f"K={shots}: {fallbacks['share']:.0%} of predictions fell back ({kinds})")
+    if reference.get("ceiling") is None and reference.get("ceiling_note"):
+        print(f"ceiling: {reference['ceiling_note']}")
+    print(
+        "uniform: the floor on the same targets; ceiling: the groups' own distributions scored against a survey of "
+        "their size; headroom: (score − uniform) / (ceiling − uniform)"
+    )
+    for note in notes:
+        print(f"fallbacks: {note}")
     print(f"run folder: {result['run_folder']}")
 
 
@@ -133,6 +162,30 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return 1
     for path in leaderboard.write(board, args.output_dir):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs
+
+    methods = None
+    if args.methods is not None:
+        if len(args.methods) != 2:
+            raise DataError(
+                f"--methods takes exactly two names (A,B), got {len(args.methods)}: {','.join(args.methods)}"
+            )
+        methods = (args.methods[0], args.methods[1])
+    print(
+        compare_runs(
+            args.output_dir,
+            args.task,
+            methods,
+            tuple(args.runs) if args.runs else None,
+            args.train_frac,
+            args.encoder,
+            list(args.shots) if args.shots else None,
+        )
+    )
     return 0
 
 
@@ -314,6 +367,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="K shown in every column (default: 20 where a column has it, else its largest K)",
     )
     board.set_defaults(func=cmd_leaderboard)
+
+    compare = sub.add_parser(
+        "compare",
+        help="paired comparison of two methods over the same episodes: mean difference, paired bootstrap CI, "
+        "probability of improvement, groups won/tied/lost",
+    )
+    compare.add_argument("--task", default=None, help="the task both methods ran")
+    compare.add_argument(
+        "--methods",
+        type=str_list,
+        default=None,
+        help="A,B: two leaderboard rows (a method name, or its full row label such as 'gpo [max_steps=1000]')",
+    )
+    compare.add_argument(
+        "--runs", nargs=2, type=Path, default=None, metavar=("FOLDER_A", "FOLDER_B"), help="or two run folders"
+    )
+    compare.add_argument(
+        "--train-frac", type=float, default=None, help="meta-train fraction (needed where both ran several)"
+    )
+    compare.add_argument("--shots", type=int_list, default=None, help="K values (default: every K both have)")
+    compare.add_argument("--encoder", default=None, help="only runs with this encoder (and methods that use none)")
+    compare.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="folder holding runs/ (default results)"
+    )
+    compare.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="plots from the run folders, PNG and SVG under OUTPUT/plots/")
     kinds = plot.add_subparsers(dest="kind", required=True)

@@ -5,9 +5,9 @@ result holds `metrics[K][seen|unseen][metric]`), cells = mean and 95% CI over ru
 
 A cell's runs (one per seed in a sweep) give a runs × groups table of per-group means
 (`metrics[K][metric]["per_group"]`); the cell's mean is the mean over runs of the mean over groups, and its
-CI is `gpo_bench.metrics.bootstrap_ci` of that table (resampling runs and groups), as in a single run.
+CI is `gpo_bench.stats.bootstrap_ci` of that table (resampling runs and groups), as in a single run.
 Where the headline is accuracy pooled over items (`metric: accuracy`, PersonalRewardBench), the cell is the
-mean over runs of the pooled accuracy and its CI `metrics.pooled_bootstrap_ci` (items resampled within each
+mean over runs of the pooled accuracy and its CI `stats.pooled_bootstrap_ci` (items resampled within each
 run; a run's items are rebuilt from its pooled accuracy and item count, exact as item scores are 0 or 1).
 Published numbers (`reference_results.yaml`) are shown as separate rows marked "reported by the paper"
 with their citation, never mixed into our means. A folder whose result.json cannot be read is reported
@@ -22,17 +22,18 @@ import json
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from .cards import CardError, load_method_card
+from .data import DataError
 from .encoders import DEFAULT_ENCODER, EncoderSpec
-from .metrics import BOOTSTRAP_SAMPLES, CI_LEVEL, bootstrap_ci, pooled_bootstrap_ci
 from .registry import UnknownNameError
 from .runner import write_atomic
+from .stats import BOOTSTRAP_SAMPLES, CI_LEVEL, PairedDifference, bootstrap_ci, paired_difference, pooled_bootstrap_ci
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ CI_NOTE = (
     f"Cells: mean over runs of the mean over test groups, [{CI_LEVEL:.0%} CI], n = runs (one per seed in a sweep). "
     f"CI: percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples, seed {CI_SEED}) of that mean, resampling runs and "
     "test groups with replacement from the runs × groups table of each run's per-group means "
-    "(gpo_bench.metrics.bootstrap_ci, as for a single run). Pooled accuracy (PersonalRewardBench): mean over runs "
-    "of the accuracy pooled over items, CI resampling items within each run (gpo_bench.metrics.pooled_bootstrap_ci)."
+    "(gpo_bench.stats.bootstrap_ci, as for a single run). Pooled accuracy (PersonalRewardBench): mean over runs "
+    "of the accuracy pooled over items, CI resampling items within each run (gpo_bench.stats.pooled_bootstrap_ci)."
 )
 POOLED = "accuracy"  # the headline that is pooled over items; its per-group values are user_accuracy's
 
@@ -53,9 +54,12 @@ def group_metric(metric: str) -> str:
 
 
 DEFAULT_SHOTS = 20
+# the rows a column's paired differences are taken against by default: the best of these simple baselines
+SIMPLE_BASELINES = ("group-mix", "group-knn", "population", "head", "knn", "uniform")
 OVERALL = "overall"
 SUBSETS = ("seen", "unseen")
 REPORTED = "reported by the paper"
+CEILING = "sampling ceiling"
 OURS = "gpo-bench"
 REFERENCES_FILE = Path(__file__).resolve().parent / "reference_results.yaml"
 CSV_FIELDS = (
@@ -77,6 +81,12 @@ CSV_FIELDS = (
     "n_groups",
     "setting",
     "citation",
+    "headroom",
+    "versus",
+    "diff_mean",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p_improvement",
 )
 
 
@@ -99,6 +109,9 @@ class Run:
     fingerprint: str | None
     per_group: dict[tuple[int, str], dict[str, float]]  # (K, subset) → group → mean over the run's seeds
     pooled: dict[tuple[int, str], tuple[float, int]]  # (K, subset) → (pooled accuracy, items), POOLED only
+    per_seed: dict[tuple[int, str], dict[int, dict[str, float]]]  # (K, subset) → seed → group → value
+    reference: dict[int, dict]  # K → result.json's floor / ceiling block of the overall cell
+    episodes: str  # what fixes the episodes besides seed and K: data, split, split seed, item limit
 
     @property
     def row(self) -> str:
@@ -126,6 +139,37 @@ class CellStats:
     n_runs: int
     seeds: tuple[int, ...]
     n_groups: int
+    headroom: float | None = None  # (mean - uniform) / (ceiling - uniform) where the column has a ceiling
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A column's floor (`uniform` on the same targets) and sampling-noise ceiling (None, with the reason)."""
+
+    uniform: float
+    ceiling: float | None
+    note: str
+
+    def headroom(self, mean: float) -> float | None:
+        if self.ceiling is None or self.ceiling <= self.uniform:
+            return None
+        return (mean - self.uniform) / (self.ceiling - self.uniform)
+
+
+def column_bounds(runs: list[Run], shots: int) -> Bounds | None:
+    """The column's floor and ceiling at K, from the row whose runs cover the most seeds (every method shares
+    the episodes of a seed, so any complete row gives the same values); None where no run recorded them."""
+    by_row: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if shots in run.reference:
+            by_row[run.row].append(run)
+    if not by_row:
+        return None
+    fullest = max(by_row.values(), key=lambda rs: (len({s for r in rs for s in r.seeds}), -len(rs)))
+    blocks = [r.reference[shots] for r in fullest]
+    ceilings = [b["ceiling"] for b in blocks]
+    ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
+    return Bounds(float(np.mean([b["uniform"] for b in blocks])), ceiling, str(blocks[0]["ceiling_note"]))
 
 
 @dataclass(frozen=True)
@@ -208,13 +252,23 @@ def parse_run(folder: Path) -> Run:
     try:
         spec, metric = raw["spec"], raw["metric"]
         grouped = group_metric(metric)
-        per_group, pooled = {}, {}
+        per_group, pooled, per_seed, reference = {}, {}, {}, {}
         for shots, cell in raw["metrics"].items():
             blocks = [(OVERALL, cell)] + [(s, cell[s]) for s in SUBSETS if isinstance(cell.get(s), dict)]
+            if isinstance(cell.get("reference"), dict):
+                reference[int(shots)] = cell["reference"]
             for subset, block in blocks:
-                per_group[(int(shots), subset)] = _per_group(block[grouped], f"{path} K={shots} {subset}")
+                key = (int(shots), subset)
+                per_group[key] = _per_group(block[grouped], f"{path} K={shots} {subset}")
+                if "per_seed" in block[grouped]:
+                    per_seed[key] = {
+                        int(seed): _per_group({"per_group": values}, f"{path} K={shots} {subset} seed {seed}")
+                        for seed, values in block[grouped]["per_seed"].items()
+                    }
+                elif len(spec["seeds"]) == 1:  # results written before per_seed: one seed is its per_group
+                    per_seed[key] = {int(spec["seeds"][0]): per_group[key]}
                 if metric == POOLED:
-                    pooled[(int(shots), subset)] = (float(block[POOLED]["mean"]), int(block[grouped]["n_items"]))
+                    pooled[key] = (float(block[POOLED]["mean"]), int(block[grouped]["n_items"]))
         if not per_group:
             raise RunFileError(f"{path}: 'metrics' is empty")
         return Run(
@@ -229,6 +283,17 @@ def parse_run(folder: Path) -> Run:
             fingerprint=raw.get("data", {}).get("fingerprint"),
             per_group=per_group,
             pooled=pooled,
+            per_seed=per_seed,
+            reference=reference,
+            episodes=json.dumps(
+                [
+                    raw.get("data", {}).get("fingerprint"),
+                    raw.get("split"),
+                    spec.get("split_seed"),
+                    spec.get("limit_items"),
+                ],
+                sort_keys=True,
+            ),
         )
     except RunFileError:
         raise
@@ -255,6 +320,48 @@ def load_runs(
             continue
         runs.append(run)
     return runs, skipped
+
+
+def seed_group_table(runs: list[Run], shots: int, subset: str = OVERALL) -> dict[tuple[int, str], float]:
+    """(seed, group) → the group's mean over its targets, over one side's runs."""
+    table: dict[tuple[int, str], float] = {}
+    for run in runs:
+        for seed, groups in run.per_seed.get((shots, subset), {}).items():
+            table.update({(seed, group): value for group, value in groups.items()})
+    return table
+
+
+def episode_mismatch(a: list[Run], b: list[Run], shots: int, subset: str = OVERALL) -> str | None:
+    """Why the two sides' episodes at K = `shots` differ (None when they are the same)."""
+    identities = {run.episodes for run in a + b}
+    if len(identities) > 1:
+        fingerprints = sorted({str(run.fingerprint) for run in a + b})
+        if len(fingerprints) > 1:
+            return f"the data differ (fingerprints {', '.join(fingerprints)})"
+        return "the split, split seed or item limit differ"
+    for side, runs in (("A", a), ("B", b)):
+        if missing := [r.folder.name for r in runs if (shots, subset) not in r.per_seed]:
+            ran = sorted({k for r in runs for k, s in r.per_seed if s == subset})
+            return f"side {side} has no per-seed values at K={shots} in {', '.join(missing)} (it ran K={ran})"
+    seeds_a = sorted({seed for seed, _ in seed_group_table(a, shots, subset)})
+    seeds_b = sorted({seed for seed, _ in seed_group_table(b, shots, subset)})
+    if seeds_a != seeds_b:
+        return f"the seeds differ (A: {seeds_a}, B: {seeds_b})"
+    return None
+
+
+def paired(a: list[Run], b: list[Run], shots: int, subset: str = OVERALL) -> PairedDifference:
+    """A − B over the (seed, group) episodes both sides share; a DataError where their episodes differ."""
+    if reason := episode_mismatch(a, b, shots, subset):
+        raise DataError(f"cannot pair these runs at K={shots}: {reason}")
+    table_a, table_b = seed_group_table(a, shots, subset), seed_group_table(b, shots, subset)
+    seeds = sorted({seed for seed, _ in table_a})
+    groups = sorted({group for _, group in table_a} | {group for _, group in table_b})
+
+    def matrix(table: dict) -> np.ndarray:
+        return np.array([[table.get((s, g), np.nan) for g in groups] for s in seeds])
+
+    return paired_difference(matrix(table_a), matrix(table_b), groups, CI_SEED)
 
 
 def cell_table(runs: list[Run], shots: int, subset: str = OVERALL) -> tuple[np.ndarray, list[str]]:
@@ -360,13 +467,16 @@ class Leaderboard:
     references: list[Reference]
     notes: list[str]  # skipped folders and consistency warnings
     n_runs: int
+    bounds: dict[Column, Bounds] = field(default_factory=dict)
+    versus: dict[Column, str] = field(default_factory=dict)  # the row each column's paired differences are against
+    differences: dict[tuple[str, Column], PairedDifference] = field(default_factory=dict)
 
     def reference_rows(self) -> list[tuple[str, str, dict[Column, float]]]:
         """(row label, source id, column → value) of the references that match a shown column."""
         rows: dict[tuple[str, str], dict[Column, float]] = {}
         for ref in self.references:
-            for column, _, metric in self.columns:
-                if ref.matches(column, metric):
+            for column, shots, metric in self.columns:
+                if ref.matches(column, metric) and ref.shots in (None, shots):
                     rows.setdefault((ref.row, ref.source), {})[column] = ref.value
         return [(label, source, values) for (label, source), values in rows.items()]
 
@@ -378,16 +488,32 @@ def pick_shots(available: set[int], requested: int | None) -> int:
     return DEFAULT_SHOTS if DEFAULT_SHOTS in available else max(available)
 
 
+def pick_versus(board: Leaderboard, column: Column, versus: str | None) -> str | None:
+    """The row a column's paired differences are against: `versus` (a row label or method name), else the
+    column's best simple baseline."""
+    present = [row for row in board.rows if (row, column) in board.cells]
+    if versus is not None:
+        matching = [row for row in present if row == versus or row.partition(" [")[0] == versus]
+        return matching[0] if len(matching) == 1 else None
+    baselines = [row for row in present if row.partition(" [")[0] in SIMPLE_BASELINES]
+    return max(baselines, key=lambda row: board.cells[(row, column)].mean) if baselines else None
+
+
 def build(
-    output_dir: Path, tasks: list[str] | None = None, encoder: str | None = None, shots: int | None = None
+    output_dir: Path,
+    tasks: list[str] | None = None,
+    encoder: str | None = None,
+    shots: int | None = None,
+    versus: str | None = None,
 ) -> Leaderboard:
-    """Collect the runs into cells, one K per column (`shots`, else 20 where run, else the largest K)."""
+    """Collect the runs into cells, one K per column (`shots`, else 20 where run, else the largest K), with each
+    column's floor and ceiling and every row's paired difference to `versus` (default: the best simple baseline)."""
     runs, notes = load_runs(output_dir, tasks, encoder)
     by_cell: dict[tuple[str, Column], list[Run]] = defaultdict(list)
     for run in runs:
         for subset in {s for _, s in run.per_group}:
             by_cell[(run.row, Column(run.task, run.train_frac, subset))].append(run)
-    columns, cells = [], {}
+    columns, cells, bounds = [], {}, {}
     for column in sorted({c for _, c in by_cell}, key=lambda c: (c.task, c.train_frac, c.subset != OVERALL, c.subset)):
         column_runs = [r for (_, c), rs in by_cell.items() if c == column for r in rs]
         available = set().union(*(r.shots(column.subset) for r in column_runs))
@@ -396,14 +522,33 @@ def build(
             notes.append(f"{column.label()}: no run has K={chosen} (runs have K={sorted(available)}); column left out")
             continue
         columns.append((column, chosen, column_runs[0].metric))
+        column_bound = column_bounds(column_runs, chosen) if column_runs[0].metric != POOLED else None
+        if column.subset == OVERALL and column_bound is not None:
+            bounds[column] = column_bound
         for (row, c), cell_runs in by_cell.items():
             if c == column and (stats := cell_stats(cell_runs, chosen, column.subset)) is not None:
+                if column in bounds:
+                    stats = replace(stats, headroom=bounds[column].headroom(stats.mean))
                 cells[(row, column)] = stats
                 notes += consistency_warnings(cell_runs, f"{row} / {column.label()}")
     rows = sorted(
         {row for row, _ in cells}, key=lambda row: (-np.mean([s.mean for (r, _), s in cells.items() if r == row]), row)
     )
-    return Leaderboard(columns, rows, cells, load_references(), notes, len(runs))
+    board = Leaderboard(columns, rows, cells, load_references(), notes, len(runs), bounds)
+    for column, chosen, metric in columns:
+        if metric == POOLED or (against := pick_versus(board, column, versus)) is None:
+            continue
+        board.versus[column] = against
+        for row in rows:
+            if row == against or (row, column) not in cells:
+                continue
+            try:
+                board.differences[(row, column)] = paired(
+                    by_cell[(row, column)], by_cell[(against, column)], chosen, column.subset
+                )
+            except DataError as error:
+                notes.append(f"{row} / {column.label()}: no paired difference to {against} ({error})")
+    return board
 
 
 def _fmt(value: float) -> str:
@@ -417,7 +562,33 @@ def _fmt_reference(value: float) -> str:
 
 
 def _cell_text(stats: CellStats) -> str:
-    return f"{_fmt(stats.mean)} [{_fmt(stats.ci[0])}, {_fmt(stats.ci[1])}] n={stats.n_runs}"
+    headroom = "" if stats.headroom is None else f" · {stats.headroom:.0%}"
+    return f"{_fmt(stats.mean)} [{_fmt(stats.ci[0])}, {_fmt(stats.ci[1])}] n={stats.n_runs}{headroom}"
+
+
+CEILING_ROW = "sampling ceiling (the true distribution scored against a survey of its size)"
+BOUNDS_NOTE = (
+    "Floor and ceiling: `uniform` is the floor; the sampling ceiling is what each test group's own distribution "
+    "scores against a survey of the size behind it (seeded parametric bootstrap, on the same target items). "
+    "After a cell, its headroom: (score − uniform) / (ceiling − uniform)."
+)
+
+
+def _ceiling_text(bounds: Bounds | None) -> str:
+    if bounds is None:
+        return "—"
+    return _fmt(bounds.ceiling) if bounds.ceiling is not None else bounds.note.split(":")[0]
+
+
+def _difference_text(diff: PairedDifference) -> str:
+    return f"{diff.mean:+.3f} [{diff.ci[0]:+.3f}, {diff.ci[1]:+.3f}] P={diff.probability_of_improvement:.2f}"
+
+
+DIFFERENCE_NOTE = (
+    "Paired differences: each row minus the column's strongest simple baseline (or `--versus`), over the same "
+    "(test group, seed) episodes; [95% paired bootstrap CI resampling groups and seeds jointly]; P = probability of "
+    "improvement (rliable: per group, over seeds, ties half; averaged over groups)."
+)
 
 
 def _best(board: Leaderboard) -> dict[Column, str]:
@@ -458,6 +629,18 @@ def published(references: list[Reference]) -> list[tuple[Reference, str]]:
     ]
 
 
+def _difference_fields(board: Leaderboard, row: str, column: Column) -> dict:
+    if (diff := board.differences.get((row, column))) is None:
+        return {}
+    return {
+        "versus": board.versus[column],
+        "diff_mean": repr(diff.mean),
+        "diff_ci_low": repr(diff.ci[0]),
+        "diff_ci_high": repr(diff.ci[1]),
+        "p_improvement": repr(diff.probability_of_improvement),
+    }
+
+
 def to_csv(board: Leaderboard) -> str:
     """Long format: one line per (row, column) of ours, then every published number."""
     out = io.StringIO()
@@ -485,6 +668,23 @@ def to_csv(board: Leaderboard) -> str:
                     "n_runs": stats.n_runs,
                     "seeds": " ".join(map(str, stats.seeds)),
                     "n_groups": stats.n_groups,
+                    "headroom": "" if stats.headroom is None else repr(stats.headroom),
+                    **_difference_fields(board, row, column),
+                }
+            )
+    for column, shots, metric in board.columns:
+        if (bounds := board.bounds.get(column)) is not None:
+            writer.writerow(
+                {
+                    "source": CEILING,
+                    "row": CEILING_ROW,
+                    "task": column.task,
+                    "train_frac": column.train_frac,
+                    "subset": column.subset,
+                    "shots": shots,
+                    "metric": metric,
+                    "mean": "" if bounds.ceiling is None else repr(bounds.ceiling),
+                    "setting": bounds.note,
                 }
             )
     for ref in board.references:
@@ -527,9 +727,29 @@ def to_markdown(board: Leaderboard) -> str:
             text = _cell_text(stats) if stats else "—"
             cells.append(f"**{text}**" if best.get(column) == row else text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if board.bounds:
+        lines.append(
+            f"| *{CEILING_ROW}* | " + " | ".join(_ceiling_text(board.bounds.get(c)) for c, _, _ in board.columns) + " |"
+        )
     for label, source, values in board.reference_rows():
         cells = [_fmt_reference(values[c]) if c in values else "—" for c, _, _ in board.columns]
         lines.append(f"| {label}, *{REPORTED}* [{number[source]}] | " + " | ".join(cells) + " |")
+    if board.bounds:
+        lines += ["", BOUNDS_NOTE]
+    if board.differences:
+        lines += ["", "## Paired differences", "", DIFFERENCE_NOTE, ""]
+        lines += [
+            "| method | "
+            + " | ".join(f"{_header(c, k, m)} vs {board.versus.get(c, '—')}" for c, k, m in board.columns)
+            + " |"
+        ]
+        lines += ["| --- |" + " --- |" * len(board.columns)]
+        for row in board.rows:
+            cells = [
+                _difference_text(d) if (d := board.differences.get((row, c))) else "—" for c, _, _ in board.columns
+            ]
+            if any(cell != "—" for cell in cells):
+                lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "## Published numbers (reported by the papers, not computed here)", ""]
     lines += ["| task | subset | K | method | model | setting | metric | value by meta-train fraction | source |"]
     lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -582,10 +802,34 @@ def to_html(board: Leaderboard) -> str:
             tds.append(
                 f'<td class="{"best" if best.get(column) == row else "cell"}" data-source="{OURS}" '
                 f'data-row="{esc(row)}" {column_attrs(column, shots)} data-mean="{stats.mean!r}" '
-                f'data-ci-low="{stats.ci[0]!r}" data-ci-high="{stats.ci[1]!r}" data-n="{stats.n_runs}">'
-                f"{esc(_cell_text(stats))}</td>"
+                f'data-ci-low="{stats.ci[0]!r}" data-ci-high="{stats.ci[1]!r}" data-n="{stats.n_runs}"'
+                + ("" if stats.headroom is None else f' data-headroom="{stats.headroom!r}"')
+                + f">{esc(_cell_text(stats))}</td>"
             )
         body.append(f"<tr><td>{esc(row)}</td>{''.join(tds)}</tr>")
+    if board.bounds:
+        tds = [
+            f'<td data-source="{CEILING}" {column_attrs(c, k)} data-mean="{b.ceiling!r}">{_fmt(b.ceiling)}</td>'
+            if (b := board.bounds.get(c)) is not None and b.ceiling is not None
+            else f'<td title="{esc(b.note) if b else ""}">{esc(_ceiling_text(b))}</td>'
+            for c, k, _ in board.columns
+        ]
+        body.append(f'<tr class="reference"><td>{esc(CEILING_ROW)}</td>{"".join(tds)}</tr>')
+    differences = []
+    for row in board.rows:
+        tds = [
+            f'<td data-row="{esc(row)}" data-versus="{esc(board.versus[c])}" {column_attrs(c, k)} '
+            f'data-diff="{d.mean!r}" data-ci-low="{d.ci[0]!r}" data-ci-high="{d.ci[1]!r}" '
+            f'data-p-improvement="{d.probability_of_improvement!r}">{esc(_difference_text(d))}</td>'
+            if (d := board.differences.get((row, c)))
+            else "<td>—</td>"
+            for c, k, _ in board.columns
+        ]
+        if any((row, c) in board.differences for c, _, _ in board.columns):
+            differences.append(f"<tr><td>{esc(row)}</td>{''.join(tds)}</tr>")
+    difference_head = "".join(
+        f"<th>{esc(_header(c, k, m))} vs {esc(board.versus.get(c, '—'))}</th>" for c, k, m in board.columns
+    )
     for label, source, values in board.reference_rows():
         tds = [
             f'<td data-source="{REPORTED}" data-row="{esc(label)}" {column_attrs(c, k)} data-mean="{values[c]!r}">'
@@ -614,7 +858,17 @@ def to_html(board: Leaderboard) -> str:
         "part of any mean.</p>\n"
         f'<table id="leaderboard"><thead><tr><th>method</th>{head}</tr></thead><tbody>\n'
         + "\n".join(body)
-        + "\n</tbody></table>\n<h2>Published numbers (reported by the papers, not computed here)</h2>\n"
+        + "\n</tbody></table>\n"
+        + (f'<p class="note">{esc(BOUNDS_NOTE)}</p>\n' if board.bounds else "")
+        + (
+            f'<h2>Paired differences</h2><p class="note">{esc(DIFFERENCE_NOTE)}</p>\n'
+            f'<table id="differences"><thead><tr><th>method</th>{difference_head}</tr></thead><tbody>\n'
+            + "\n".join(differences)
+            + "\n</tbody></table>\n"
+            if differences
+            else ""
+        )
+        + "<h2>Published numbers (reported by the papers, not computed here)</h2>\n"
         '<table id="references"><thead><tr><th>task</th><th>subset</th><th>K</th><th>method</th><th>model</th>'
         "<th>setting</th><th>metric</th><th>value by meta-train fraction</th><th>source</th></tr></thead>"
         f"<tbody>{refs}</tbody></table>\n"

@@ -13,37 +13,32 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import xlogy
 
 from .data import DataError, check_distribution
-
-BOOTSTRAP_SAMPLES = 2000
-CI_LEVEL = 0.95
-CI_METHOD = (
-    f"percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples, {CI_LEVEL:.0%}) of the mean over groups and seeds, "
-    "resampling groups and seeds with replacement; pooled_ci resamples items within each seed"
-)
+from .stats import bootstrap_ci, grand_mean, pooled_bootstrap_ci
 
 
-def wasserstein_alignment(pred: np.ndarray, target: np.ndarray, ordinal: np.ndarray) -> float:
-    """1 - W1/(range of the ordinal values); W1 is the area between the two CDFs."""
+def wasserstein_alignment(pred: np.ndarray, target: np.ndarray, ordinal: np.ndarray) -> float | np.ndarray:
+    """1 - W1/(range of the ordinal values); W1 is the area between the two CDFs. `pred` may hold one
+    distribution per row (the last axis is the options): one score per row."""
     order = np.argsort(ordinal, kind="stable")
     values = np.asarray(ordinal, float)[order]
-    cdf_gap = np.cumsum(np.asarray(pred, float)[order] - np.asarray(target, float)[order])[:-1]
-    distance = float(np.sum(np.abs(cdf_gap) * np.diff(values)))
-    return 1.0 - distance / (values[-1] - values[0])
+    cdf_gap = np.cumsum(np.asarray(pred, float)[..., order] - np.asarray(target, float)[..., order], axis=-1)
+    distance = np.sum(np.abs(cdf_gap[..., :-1]) * np.diff(values), axis=-1)
+    score = 1.0 - distance / (values[-1] - values[0])
+    return float(score) if np.ndim(score) == 0 else score
 
 
-def js_alignment(pred: np.ndarray, target: np.ndarray) -> float:
-    """1 - Jensen-Shannon distance with the natural log (scipy's default base)."""
-    p = np.asarray(pred, float) / np.sum(pred)
-    q = np.asarray(target, float) / np.sum(target)
+def js_alignment(pred: np.ndarray, target: np.ndarray) -> float | np.ndarray:
+    """1 - Jensen-Shannon distance with the natural log (scipy's default base); row-wise like
+    `wasserstein_alignment`."""
+    p = np.asarray(pred, float) / np.sum(pred, axis=-1, keepdims=True)
+    q = np.asarray(target, float) / np.sum(target, axis=-1, keepdims=True)
     m = (p + q) / 2
-
-    def kl(a: np.ndarray) -> float:
-        mask = a > 0
-        return float(np.sum(a[mask] * np.log(a[mask] / m[mask])))
-
-    return 1.0 - float(np.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))
+    divergence = (np.sum(xlogy(p, p) - xlogy(p, m), axis=-1) + np.sum(xlogy(q, q) - xlogy(q, m), axis=-1)) / 2
+    score = 1.0 - np.sqrt(np.maximum(0.0, divergence))
+    return float(score) if np.ndim(score) == 0 else score
 
 
 def accuracy(pred: np.ndarray, target: np.ndarray) -> float:
@@ -74,6 +69,7 @@ class Summary:
     pooled: float
     pooled_ci: tuple[float, float]
     per_group: dict[str, float]
+    per_seed: dict[str, dict[str, float]]  # seed → group → mean over its items (what paired comparisons pair)
     n_groups: int
     n_items: int
     n_seeds: int
@@ -85,38 +81,16 @@ class Summary:
             "pooled": self.pooled,
             "pooled_ci": list(self.pooled_ci),
             "per_group": self.per_group,
+            "per_seed": self.per_seed,
             "n_groups": self.n_groups,
             "n_items": self.n_items,
             "n_seeds": self.n_seeds,
         }
 
 
-def bootstrap_ci(table: np.ndarray, seed: int) -> tuple[float, float]:
-    """`table[seed, group]` of group means (NaN where absent) → CI of the grand mean."""
-    rng = np.random.default_rng(seed)
-    n_seeds, n_groups = table.shape
-    seeds = rng.integers(0, n_seeds, size=(BOOTSTRAP_SAMPLES, n_seeds))
-    groups = rng.integers(0, n_groups, size=(BOOTSTRAP_SAMPLES, n_groups))
-    sampled = table[seeds[:, :, None], groups[:, None, :]]
-    means = np.nanmean(np.nanmean(sampled, axis=2), axis=1)
-    alpha = (1 - CI_LEVEL) / 2
-    low, high = np.nanquantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
-def pooled_bootstrap_ci(by_seed: list[np.ndarray], seed: int) -> tuple[float, float]:
-    """CI of the item-pooled mean: items resampled with replacement within each seed."""
-    rng = np.random.default_rng(seed)
-    means = np.mean(
-        [v[rng.integers(0, len(v), size=(BOOTSTRAP_SAMPLES, len(v)))].mean(axis=1) for v in by_seed], axis=0
-    )
-    alpha = (1 - CI_LEVEL) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
-def summarize(scores: list[tuple[int, str, float]], ci_seed: int) -> Summary:
-    """(seed, group, item score) records → mean over items, groups, seeds; pooled; bootstrap CI."""
+def group_table(scores: list[tuple[int, str, float]]) -> tuple[np.ndarray, list[int], list[str]]:
+    """(seed, group, item score) records → `table[seed, group]` of the group's mean over its items (NaN where
+    a seed lacks the group), with the seeds and groups of its rows and columns."""
     by_cell: dict[tuple[int, str], list[float]] = defaultdict(list)
     for seed, group, score in scores:
         by_cell[(seed, group)].append(score)
@@ -125,14 +99,46 @@ def summarize(scores: list[tuple[int, str, float]], ci_seed: int) -> Summary:
     table = np.full((len(seeds), len(groups)), np.nan)
     for (seed, group), values in by_cell.items():
         table[seeds.index(seed), groups.index(group)] = np.mean(values)
+    return table, seeds, groups
+
+
+def summarize(scores: list[tuple[int, str, float]], ci_seed: int) -> Summary:
+    """(seed, group, item score) records → mean over items, groups, seeds; pooled; bootstrap CI."""
+    table, seeds, groups = group_table(scores)
     by_seed = [np.array([s for sd, _, s in scores if sd == seed]) for seed in seeds]
     return Summary(
-        mean=float(np.mean(np.nanmean(table, axis=1))),
+        mean=grand_mean(table),
         ci=bootstrap_ci(table, ci_seed),
         pooled=float(np.mean([v.mean() for v in by_seed])),
         pooled_ci=pooled_bootstrap_ci(by_seed, ci_seed),
         per_group={g: float(np.nanmean(table[:, j])) for j, g in enumerate(groups)},
+        per_seed={
+            str(seed): {g: float(table[i, j]) for j, g in enumerate(groups) if not np.isnan(table[i, j])}
+            for i, seed in enumerate(seeds)
+        },
         n_groups=len(groups),
         n_items=len(scores),
         n_seeds=len(seeds),
     )
+
+
+CEILING_DRAWS = 1000
+CEILING_METHOD = (
+    f"sampling-noise ceiling: per (group, item), the mean score of the group's distribution p against "
+    f"Multinomial(n, p)/n over {CEILING_DRAWS} draws (n = the respondents behind p, Kish's effective size "
+    "under survey weights, rounded), RNG seeded from (group, item); a cell's ceiling is averaged like its score "
+    "(items, then groups, then seeds)"
+)
+
+
+def sampling_ceiling(metric: str, target: np.ndarray, respondents: float, ordinal: tuple | None, seed: int) -> float:
+    """The expected alignment of the true distribution `target` with a survey of `respondents` people drawn
+    from it (a parametric bootstrap): what a perfect method can expect to score against sampled data."""
+    if metric != "alignment":
+        raise ValueError(f"the sampling ceiling is defined for alignment, not {metric}")
+    rng = np.random.default_rng(seed)
+    n = max(1, round(respondents))
+    target = np.asarray(target, float)
+    surveys = rng.multinomial(n, target / target.sum(), size=CEILING_DRAWS) / n
+    scores = wasserstein_alignment(surveys, target, np.asarray(ordinal)) if ordinal else js_alignment(surveys, target)
+    return float(np.mean(scores))

@@ -21,6 +21,7 @@ from .leaderboard import (
     REPORTED,
     Run,
     cell_stats,
+    column_bounds,
     group_metric,
     group_stats,
     load_references,
@@ -157,6 +158,16 @@ def shots_figure(
             ax.fill_between(
                 ks, [s.ci[0] for _, s in points], [s.ci[1] for _, s in points], color=look["color"], alpha=0.12, lw=0
             )
+        ceiling = [(k, b.ceiling) for k in all_shots if (b := column_bounds(task_runs, k)) and b.ceiling is not None]
+        if ceiling:
+            ax.plot(
+                [k for k, _ in ceiling],
+                [c for _, c in ceiling],
+                color="black",
+                linestyle="--",
+                linewidth=1.2,
+                label="sampling ceiling (true distribution vs a survey of its size)",
+            )
         plotted = {r.method: r.row for r in task_runs}
         points: dict[tuple, list] = {}  # one marker per published value, naming every model that reported it
         for ref in references:
@@ -191,7 +202,10 @@ def shots_figure(
         ax.set_title(f"{task} · {frac:.0%} of groups meta-train")
         ax.grid(alpha=0.3)
     _legend_outside(fig, axes)
-    caption = "Lines: mean over test groups and runs (seeds); bands: 95% bootstrap CI resampling groups and seeds."
+    caption = (
+        "Lines: mean over test groups and runs (seeds); bands: 95% bootstrap CI resampling groups and seeds; "
+        "dashed: the sampling-noise ceiling, where the source gives respondent counts."
+    )
     caption += "".join(f"\n[{source}] {citation}" for source, citation in cited.items())
     fig.suptitle("Shot scaling", fontweight="bold")
     fig.text(0.0, -0.02, caption, ha="left", va="top", fontsize=7.5, wrap=True)

@@ -13,10 +13,13 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import (
@@ -28,9 +31,10 @@ from .data import DataError, TaskData
 from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec, resolve_device
 from .features import build_features
 from .methods.base import Setup
-from .metrics import CI_METHOD, item_score, summarize
-from .protocol import Episode, draw_episode, make_split, visible_task
+from .metrics import CEILING_METHOD, group_table, item_score, sampling_ceiling, summarize
+from .protocol import Episode, derived_rng, draw_episode, make_split, visible_task
 from .registry import LOADERS, METHODS
+from .stats import CI_METHOD, grand_mean
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,60 @@ def cell_metrics(metric: str, records: list[tuple[int, str, str, float]]) -> dic
     return cell
 
 
+def per_group_means(table: np.ndarray, groups: list[str]) -> dict[str, float]:
+    return {g: float(v) for g, v in zip(groups, np.nanmean(table, axis=0), strict=True)}
+
+
+def reference_block(task: TaskData, rows: list[dict], score: float, known_ceilings: dict | None = None) -> dict:
+    """Where a K cell stands between its floor and its ceiling, on the very targets it was scored on: the
+    floor is `uniform` (chance on accuracy tasks), the ceiling the sampling-noise ceiling (alignment tasks
+    whose source says how many people answered); headroom = (score - floor) / (ceiling - floor)."""
+    floors, ceilings, missing = [], [], 0
+    known_ceilings = {} if known_ceilings is None else known_ceilings
+    for row in rows:
+        item = task.items[row["item"]]
+        size = len(item.candidates)
+        target = np.asarray(row["target"])
+        if task.metric == "accuracy":
+            floors.append((row["seed"], row["group"], 1.0 / size))
+            continue
+        floors.append(
+            (row["seed"], row["group"], item_score(task.metric, np.full(size, 1 / size), target, item.ordinal))
+        )
+        n = task.groups[row["group"]].respondents.get(row["item"])
+        if n is None:
+            missing += 1
+            continue
+        key = (row["group"], row["item"])
+        if key not in known_ceilings:  # the same (group, item) recurs across K and seeds: estimate it once
+            seed = int.from_bytes(hashlib.sha256("\0".join(key).encode()).digest()[:8], "little")
+            known_ceilings[key] = sampling_ceiling(task.metric, target, n, item.ordinal, seed)
+        ceilings.append((row["seed"], row["group"], known_ceilings[key]))
+    floor_table, _, groups = group_table(floors)
+    block = {"uniform": grand_mean(floor_table), "uniform_per_group": per_group_means(floor_table, groups)}
+    if task.metric == "accuracy":
+        return {
+            **block,
+            "ceiling": None,
+            "ceiling_note": "not available: defined for alignment tasks",
+            "headroom": None,
+        }
+    if missing:
+        note = "not available: the source has no respondent counts"
+        if ceilings:
+            note += f" for {missing} of {len(rows)} target items"
+        return {**block, "ceiling": None, "ceiling_note": note, "headroom": None}
+    ceiling_table, _, groups = group_table(ceilings)
+    ceiling = grand_mean(ceiling_table)
+    return {
+        **block,
+        "ceiling": ceiling,
+        "ceiling_per_group": per_group_means(ceiling_table, groups),
+        "ceiling_note": CEILING_METHOD,
+        "headroom": (score - block["uniform"]) / (ceiling - block["uniform"]) if ceiling > block["uniform"] else None,
+    }
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,12 +234,32 @@ def versions() -> dict:
     return out
 
 
-def prediction_rows(task: TaskData, method: str, episode: Episode, preds: list, role: str) -> list[dict]:
-    """One predictions.jsonl row per target item, with its score (checked to be a distribution)."""
+def break_tie(pred: np.ndarray, episode: Episode, item_id: str) -> np.ndarray | None:
+    """On accuracy tasks an exact tie at the top counts wrong; every method's tie is broken here, in one
+    place, by a coin flip seeded from (group, item, K, seed) among the tied candidates (so a tie scores at
+    chance, not zero). None where there is no tie."""
+    pred = np.asarray(pred, float)
+    top = np.flatnonzero(pred == pred.max())
+    if len(top) < 2:
+        return None
+    broken = pred.copy()
+    broken[derived_rng("tie-break", episode.group, item_id, episode.shots, episode.seed).choice(top)] += 1e-6
+    return broken / broken.sum()
+
+
+def prediction_rows(
+    task: TaskData, method: str, episode: Episode, preds: list, role: str, ties: Counter | None = None
+) -> list[dict]:
+    """One predictions.jsonl row per target item, with its score (checked to be a distribution); on accuracy
+    tasks ties at the top are broken (`break_tie`) and counted in `ties`."""
     if len(preds) != len(episode.targets):
         raise RuntimeError(f"{method} returned {len(preds)} predictions for {len(episode.targets)} targets")
     rows = []
     for item_id, pred in zip(episode.targets, preds, strict=True):
+        if task.metric == "accuracy" and (broken := break_tie(pred, episode, item_id)) is not None:
+            pred = broken
+            if ties is not None:
+                ties[episode.shots] += 1
         item = task.items[item_id]
         target = task.groups[episode.group].targets[item_id]
         where = (
@@ -250,26 +328,34 @@ def execute(
         timings["encode_s"] = time.perf_counter() - tick
 
     rows, scores, fits, reports, used_shots = [], {k: [] for k in resolved["shots"]}, {}, {}, {}
+    fallbacks: Counter[tuple[int, str]] = Counter()
+    known_ceilings: dict[tuple[str, str], float] = {}
+    ties: Counter[int] = Counter()
     timings["fit_s"] = timings["predict_s"] = 0.0
     progress = tqdm(total=len(resolved["seeds"]) * len(resolved["shots"]), desc=rid, unit="cell")
-    for seed in resolved["seeds"]:
-        setup = Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
-        method = implementation(resolved["settings"], setup)
-        tick = time.perf_counter()
-        fits[str(seed)] = method.fit()
-        timings["fit_s"] += time.perf_counter() - tick
-        for shots in resolved["shots"]:
-            episodes = [draw_episode(task, group, shots, seed, split) for group in split.test]
+    # numpy/scipy work here is many tiny solves (L-BFGS per episode): OpenBLAS threads only add contention,
+    # up to 50x slower on a busy machine (torch keeps its own threads)
+    with threadpool_limits(limits={"openblas": 1}):
+        for seed in resolved["seeds"]:
+            setup = Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
+            method = implementation(resolved["settings"], setup)
             tick = time.perf_counter()
-            predictions = method.predict(episodes)
-            timings["predict_s"] += time.perf_counter() - tick
-            for episode, preds in zip(episodes, predictions, strict=True):
-                used_shots.setdefault(str(shots), {})[episode.group] = len(episode.context)
-                for row in prediction_rows(task, resolved["method"], episode, preds, split.role(episode.group)):
-                    scores[shots].append((seed, episode.group, row["split"], row.pop("score")))
-                    rows.append(row)
-            progress.update()
-        reports[str(seed)] = method.report()
+            fits[str(seed)] = method.fit()
+            timings["fit_s"] += time.perf_counter() - tick
+            for shots in resolved["shots"]:
+                episodes = [draw_episode(task, group, shots, seed, split) for group in split.test]
+                tick = time.perf_counter()
+                predictions = method.predict(episodes)
+                timings["predict_s"] += time.perf_counter() - tick
+                for episode, preds in zip(episodes, predictions, strict=True):
+                    used_shots.setdefault(str(shots), {})[episode.group] = len(episode.context)
+                    role = split.role(episode.group)
+                    for row in prediction_rows(task, resolved["method"], episode, preds, role, ties):
+                        scores[shots].append((seed, episode.group, row["split"], row.pop("score")))
+                        rows.append(row)
+                progress.update()
+            reports[str(seed)] = method.report()
+            fallbacks.update(method.fallbacks)
     progress.close()
 
     metrics = {}
@@ -277,7 +363,20 @@ def execute(
         if not cell:
             raise DataError(f"no test predictions for K={shots}")
         capped = {g: n for g, n in used_shots[str(shots)].items() if n < shots}
-        metrics[str(shots)] = {**cell_metrics(task.metric, cell), "capped_shots": capped}
+        summary = cell_metrics(task.metric, cell)
+        score = summary[headline(task_card)]["mean"]
+        fell_back = {kind: n for (k, kind), n in sorted(fallbacks.items()) if k == shots}
+        metrics[str(shots)] = {
+            **summary,
+            "capped_shots": capped,
+            "reference": reference_block(task, [r for r in rows if r["shots"] == shots], score, known_ceilings),
+            "fallbacks": {
+                "predictions": len(cell),
+                **fell_back,
+                "share": sum(fell_back.values()) / len(cell),
+                "ties_broken": ties[shots],
+            },
+        }
     timings["total_s"] = time.perf_counter() - started
     result = {
         "schema_version": SCHEMA_VERSION,

@@ -14,7 +14,7 @@ import pytest
 from gpo_bench import leaderboard
 from gpo_bench.cli import main
 from gpo_bench.encoders import EncoderSpec
-from gpo_bench.metrics import bootstrap_ci, pooled_bootstrap_ci
+from gpo_bench.stats import bootstrap_ci, pooled_bootstrap_ci
 
 GROUPS = ["g1", "g2", "g3", "g4"]
 

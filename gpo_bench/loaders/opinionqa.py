@@ -68,12 +68,23 @@ def split_group(group_id: str) -> tuple[str, str]:
     return attribute, value
 
 
-def add_target(groups: dict[str, Group], group_id: str, item: Item, weights: np.ndarray, drops: Counter) -> None:
+def add_target(
+    groups: dict[str, Group],
+    group_id: str,
+    item: Item,
+    weights: np.ndarray,
+    drops: Counter,
+    respondents: float | None = None,
+) -> None:
+    """File the group's distribution for `item` (and how many people stand behind it, where known)."""
     target = normalize(weights)
     if target is None:
         drops["(group, question) pairs with no non-refusal answers"] += 1
         return
-    groups.setdefault(group_id, Group(group_id)).targets[item.id] = target
+    group = groups.setdefault(group_id, Group(group_id))
+    group.targets[item.id] = target
+    if respondents is not None:
+        group.respondents[item.id] = float(respondents)
 
 
 def load_counts(wave: Path, items: dict[str, Item], wanted: list[str], groups: dict, drops: Counter) -> None:
@@ -98,7 +109,7 @@ def load_counts(wave: Path, items: dict[str, Item], wanted: list[str], groups: d
                 if not isinstance(counts, dict):
                     raise DataError(f"{path}: question {key} group {value!r}: expected {{option: count}}")
                 weights = np.array([float(counts.get(option, 0.0)) for option in item.candidates])
-                add_target(groups, group_id, item, weights, drops)
+                add_target(groups, group_id, item, weights, drops, respondents=weights.sum())
 
 
 def load_responses(wave: Path, items: dict[str, Item], wanted: list[str], groups: dict, drops: Counter) -> None:
@@ -120,7 +131,10 @@ def load_responses(wave: Path, items: dict[str, Item], wanted: list[str], groups
             answers = frame.loc[members, key]
             member_weights = weights[members]
             totals = np.array([member_weights[answers == option].sum() for option in item.candidates])
-            add_target(groups, group_id, item, totals, drops)
+            answered = member_weights[answers.isin(item.candidates)]
+            # Kish's effective sample size of the weighted answers: the ceiling's survey size
+            kish = answered.sum() ** 2 / (answered**2).sum() if (answered**2).sum() > 0 else None
+            add_target(groups, group_id, item, totals, drops, respondents=kish)
 
 
 def load_individuals(wave: Path, items: dict[str, Item], groups: dict, drops: Counter) -> None:

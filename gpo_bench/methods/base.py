@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,12 @@ class Method(abc.ABC):
     def __init__(self, settings: dict, setup: Setup) -> None:
         self.settings = settings
         self.setup = setup
+        self.fallbacks: Counter[tuple[int, str]] = Counter()  # (K, what it fell back to) → predictions
+
+    def count_fallback(self, episode: Episode, kind: str) -> None:
+        """Record that one prediction of `episode` fell back to a less informed guess (`population`,
+        `uniform`, …); the runner writes the counts per K into result.json."""
+        self.fallbacks[(episode.shots, kind)] += 1
 
     def fit(self) -> dict:
         """Train on the seen groups; returns facts worth recording (steps, best validation, …)."""

@@ -1,5 +1,6 @@
 """Cheap baselines on the shared data model: uniform, population, group-knn (the seen groups that
-agree best with the test group on its context items), head (a per-group softmax head on candidate
+agree best with the test group on its context items), group-mix (a convex mixture of the seen groups
+fitted on the context items), head (a per-group softmax head on candidate
 embeddings, fitted on the K shots) and knn (kernel regression on the context candidates)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from scipy.optimize import minimize
 
 from ..features import Features
 from ..metrics import item_score
-from ..protocol import Episode, derived_rng
+from ..protocol import Episode
 from ..registry import METHODS
 from .base import Method, segment_softmax
 
@@ -17,60 +18,150 @@ from .base import Method, segment_softmax
 @METHODS.register("uniform", "equal probability for every candidate (a seeded coin flip on accuracy tasks)")
 class Uniform(Method):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        out = []
-        for item in episode.targets:
-            p = np.full(self.n_candidates(item), 1.0 / self.n_candidates(item))
-            if self.setup.task.metric == "accuracy":  # an exact tie counts wrong: break it at random (chance level)
-                p[derived_rng("uniform", episode.group, item, episode.seed).integers(len(p))] += 1e-6
-                p /= p.sum()
-            out.append(p)
-        return out
+        return [np.full(self.n_candidates(item), 1.0 / self.n_candidates(item)) for item in episode.targets]
 
 
 class SeenGroupsMixture(Method):
-    """Predicts a weighted mean of the seen groups' distributions for the same item."""
+    """Predicts a weighted mean of the seen groups' distributions for the same item. Item by item it backs
+    off to the best information there is: the weighted groups that answered the item, else every seen group
+    that answered it (population), else uniform; each back-off is counted."""
 
-    def mixture(self, item: str, weights: dict[str, float]) -> np.ndarray:
-        total, mass = np.zeros(self.n_candidates(item)), 0.0
-        for group, weight in weights.items():
-            target = self.setup.task.groups[group].targets.get(item)
-            if target is not None and weight > 0:
-                total += weight * target
-                mass += weight
-        if mass == 0:  # no seen group answered this item
-            return np.full(len(total), 1.0 / len(total))
-        return total / mass
+    def answers(self, group: str) -> dict[str, np.ndarray]:
+        return self.setup.task.groups[group].targets
+
+    def mixture(self, item: str, weights: dict[str, float], episode: Episode | None = None) -> np.ndarray:
+        """The weighted mean over the weighted groups that answered `item`; `episode` given: back-offs are
+        counted against it (K = 0 predictions are population by definition, not a back-off)."""
+        for fallback, pool in ((None, weights), ("population", dict.fromkeys(self.setup.split.seen, 1.0))):
+            answered = [(self.answers(g)[item], w) for g, w in pool.items() if w > 0 and item in self.answers(g)]
+            if answered:
+                if fallback and episode is not None:
+                    self.count_fallback(episode, fallback)
+                mass = sum(w for _, w in answered)
+                return sum(w * target for target, w in answered) / mass
+        if episode is not None:
+            self.count_fallback(episode, "uniform")
+        return np.full(self.n_candidates(item), 1.0 / self.n_candidates(item))
 
 
 @METHODS.register("population", "mean distribution of the seen groups for the same item")
 class Population(SeenGroupsMixture):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         equal = dict.fromkeys(self.setup.split.seen, 1.0)
-        return [self.mixture(item, equal) for item in episode.targets]
+        return [self.mixture(item, equal, episode) for item in episode.targets]
 
 
 @METHODS.register("group-knn", "seen groups weighted by their agreement with the group on its context items")
 class GroupKnn(SeenGroupsMixture):
     def agreement(self, group: str, episode: Episode) -> float | None:
+        """Mean score of the group's answers against the test group's on the context items both have; None
+        where they share fewer than `min_shared` of them (fewer where K is smaller)."""
         task = self.setup.task
-        answers = task.groups[group].targets
+        answers = self.answers(group)
         scores = [
             item_score(task.metric, answers[i], known, task.items[i].ordinal)
             for i, known in zip(episode.context, episode.context_targets, strict=True)
             if i in answers
         ]
-        return float(np.mean(scores)) if scores else None
+        enough = min(self.settings["min_shared"], len(episode.context))
+        return float(np.mean(scores)) if scores and len(scores) >= enough else None
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        agreements = {g: self.agreement(g, episode) for g in self.setup.split.seen}
-        known = {g: a for g, a in agreements.items() if a is not None}
-        if not known:  # K = 0, or no seen group shares a context item: population
-            weights = dict.fromkeys(self.setup.split.seen, 1.0)
-        else:
-            nearest = sorted(known, key=lambda g: (-known[g], g))[: self.settings["neighbors"]]
-            best = known[nearest[0]]
-            weights = {g: float(np.exp((known[g] - best) / self.settings["temperature"])) for g in nearest}
-        return [self.mixture(item, weights) for item in episode.targets]
+        seen = self.setup.split.seen
+        if not episode.context:  # K = 0: population
+            return [self.mixture(item, dict.fromkeys(seen, 1.0)) for item in episode.targets]
+        agreements = {g: a for g in seen if (a := self.agreement(g, episode)) is not None}
+        ranked = sorted(agreements, key=lambda g: (-agreements[g], g))
+        out = []
+        for item in episode.targets:  # the best-agreeing groups among those that answered this item
+            nearest = [g for g in ranked if item in self.answers(g)][: self.settings["neighbors"]]
+            best = agreements[nearest[0]] if nearest else 0.0
+            weights = {g: float(np.exp((agreements[g] - best) / self.settings["temperature"])) for g in nearest}
+            out.append(self.mixture(item, weights, episode))
+        return out
+
+
+@METHODS.register("group-mix", "convex mixture of the seen groups, weights fitted on the group's K context items")
+class GroupMix(SeenGroupsMixture):
+    """Simplex weights w = softmax(θ) over the seen groups minimizing, over the context items, the squared error
+    between the test group's distribution and the mixture of the seen groups that answered the item
+    (renormalized over them), plus `prior` · KL(w ‖ equal), which pulls toward population. Given a list of
+    priors, each episode takes the one whose cross-validated error over its own context items is lowest (ties:
+    the strongest prior), so the pull adapts to how much the K shots can tell."""
+
+    def context_arrays(self, episode: Episode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """answers[item, group, candidate], answered[item, group] and wanted[item, candidate] over the context
+        items some seen group answered (candidates zero-padded to the widest item)."""
+        seen = self.setup.split.seen
+        rows = [
+            (item, known)
+            for item, known in zip(episode.context, episode.context_targets, strict=True)
+            if any(item in self.answers(g) for g in seen)
+        ]
+        width = max((len(known) for _, known in rows), default=0)
+        answers = np.zeros((len(rows), len(seen), width))
+        answered = np.zeros((len(rows), len(seen)))
+        wanted = np.zeros((len(rows), width))
+        for i, (item, known) in enumerate(rows):
+            wanted[i, : len(known)] = known
+            for j, group in enumerate(seen):
+                if item in self.answers(group):
+                    answers[i, j, : len(known)] = self.answers(group)[item]
+                    answered[i, j] = 1.0
+        return answers, answered, wanted
+
+    @staticmethod
+    def mix(w: np.ndarray, answers: np.ndarray, answered: np.ndarray) -> np.ndarray:
+        return np.einsum("ig,igc->ic", answered * w, answers) / (answered @ w)[:, None]
+
+    @classmethod
+    def fit_weights(cls, answers: np.ndarray, answered: np.ndarray, wanted: np.ndarray, prior: float) -> np.ndarray:
+        """The simplex weights of the seen groups (equal where there is nothing to fit)."""
+        n_groups = answered.shape[1]
+        if not len(answered):
+            return np.full(n_groups, 1.0 / n_groups)
+
+        def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w = np.exp(theta - theta.max())
+            w /= w.sum()
+            mass = answered @ w
+            gap = cls.mix(w, answers, answered) - wanted
+            # d mix[i, c] / d w[g] = answered[i, g] (answers[i, g, c] - mix[i, c]) / mass[i]
+            spread = answers - (gap + wanted)[:, None, :]
+            grad_w = 2 * np.einsum("ic,ig,igc->g", gap / mass[:, None], answered, spread)
+            # KL(w || equal) = log G - entropy(w): bounded, so a group's weight may still go to zero;
+            # its gradient in θ is w (log w - Σ w log w)
+            log_w = np.log(np.maximum(w, 1e-300))
+            kl = float(w @ log_w) + np.log(n_groups)
+            return float(np.sum(gap**2)) + prior * kl, w * (grad_w - w @ grad_w) + prior * w * (log_w - w @ log_w)
+
+        theta = minimize(loss_and_grad, np.zeros(n_groups), jac=True, method="L-BFGS-B").x
+        w = np.exp(theta - theta.max())
+        return w / w.sum()
+
+    def choose_prior(self, answers: np.ndarray, answered: np.ndarray, wanted: np.ndarray) -> float:
+        """The prior with the lowest cross-validated squared error over the context items (`folds` folds, item i
+        in fold i mod folds; leave-one-out below that many items); ties: the largest prior. With one item there
+        is nothing to cross-validate: the smallest prior (on the validation groups it beat the largest at K = 1)."""
+        priors = sorted(np.atleast_1d(self.settings["prior"]).astype(float), reverse=True)
+        if len(priors) == 1 or len(answered) < 2:
+            return priors[-1]
+        fold = np.arange(len(answered)) % self.settings["folds"]
+        errors = []
+        for prior in priors:
+            error = 0.0
+            for f in np.unique(fold):
+                w = self.fit_weights(answers[fold != f], answered[fold != f], wanted[fold != f], prior)
+                held = fold == f
+                error += float(np.sum((self.mix(w, answers[held], answered[held]) - wanted[held]) ** 2))
+            errors.append(error)
+        return priors[int(np.argmin(np.round(errors, 12)))]
+
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        arrays = self.context_arrays(episode)
+        w = self.fit_weights(*arrays, self.choose_prior(*arrays))
+        weights = dict(zip(self.setup.split.seen, w, strict=True))
+        return [self.mixture(item, weights, episode if episode.context else None) for item in episode.targets]
 
 
 def fit_softmax_head(
@@ -124,7 +215,7 @@ class Knn(Method):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         features = self.setup.features
         if not episode.context:
-            return Uniform.predict_episode(self, episode)
+            return Uniform.predict_episode(self, episode)  # nothing to regress on: chance, by definition
         ctx_rows = np.concatenate([features.rows[i] for i in episode.context])
         ctx_y = np.concatenate(episode.context_targets)
         ctx_x = unit(features.matrix[ctx_rows])

@@ -1,0 +1,132 @@
+"""The baselines that mix the seen groups (population, group-knn, group-mix) on tasks built in the test: they back
+off item by item on sparse sources and count it, group-mix recovers a planted mixture, and on an accuracy task no
+method falls below chance because of tied predictions."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpo_bench import runner
+from gpo_bench.cards import load_method_card
+from gpo_bench.data import Group, Item, TaskData
+from gpo_bench.methods.base import Setup
+from gpo_bench.protocol import draw_episode, make_split, visible_task
+from gpo_bench.registry import METHODS
+from gpo_bench.runner import RunSpec, execute
+
+N_OPTIONS = 5
+
+
+def sparse_task(metric: str, n_groups: int = 12, n_items: int = 40, answered: int = 12, seed: int = 0) -> TaskData:
+    """Groups that each answer a different random subset of the items: Dirichlet distributions (alignment)
+    or one person's one-hot choice (accuracy)."""
+    rng = np.random.default_rng(seed)
+    items = {
+        f"q{i:02d}": Item(f"q{i:02d}", f"question {i} about topic {i % 7}", tuple(f"option {j}" for j in range(5)))
+        for i in range(n_items)
+    }
+    groups = {}
+    for g in range(n_groups):
+        chosen = sorted(rng.choice(sorted(items), size=answered, replace=False))
+        if metric == "accuracy":
+            targets = {i: np.eye(N_OPTIONS)[rng.integers(N_OPTIONS)] for i in chosen}
+        else:
+            targets = {i: rng.dirichlet(np.ones(N_OPTIONS)) for i in chosen}
+        groups[f"g{g:02d}"] = Group(f"g{g:02d}", targets)
+    return TaskData("sparse", metric, items, groups)
+
+
+def method_for(name: str, task: TaskData, split, seed: int = 0):
+    card = load_method_card(name)
+    setup = Setup(visible_task(task, split), split, seed, "cpu", Path("/nonexistent"))
+    return METHODS.get(card.implementation)(card.settings, setup)
+
+
+def test_group_knn_never_predicts_uniform_for_an_item_some_seen_group_answered():
+    task = sparse_task("alignment")
+    split = make_split(task, "opinion", {}, 0.5, 0.2, 0)
+    method = method_for("group-knn", task, split)
+    answered_by_seen = {i for g in split.seen for i in task.groups[g].targets}
+    checked = 0
+    for shots in (1, 2, 5):
+        episodes = [draw_episode(task, g, shots, 0, split) for g in split.test]
+        for episode, preds in zip(episodes, method.predict(episodes), strict=True):
+            for item, pred in zip(episode.targets, preds, strict=True):
+                is_uniform = np.allclose(pred, 1 / N_OPTIONS)
+                assert is_uniform == (item not in answered_by_seen), (episode.group, item, shots)
+                checked += item in answered_by_seen
+    assert checked > 50
+    # every back-off was counted, and only to what the data allowed
+    kinds = {kind for _, kind in method.fallbacks}
+    assert kinds <= {"population", "uniform"} and method.fallbacks
+
+
+def test_group_mix_recovers_a_planted_mixture_of_two_seen_groups():
+    rng = np.random.default_rng(3)
+    items = {f"q{i}": Item(f"q{i}", f"q{i}", tuple("abcd")) for i in range(60)}
+    seen = {f"s{g}": {i: rng.dirichlet(np.ones(4) * 0.5) for i in items} for g in range(5)}
+    mixed = {i: 0.7 * seen["s0"][i] + 0.3 * seen["s1"][i] for i in items}
+    groups = {g: Group(g, t) for g, t in {**seen, "test": mixed}.items()}
+    task = TaskData("planted", "alignment", items, groups)
+    split = make_split(task, "opinion", {}, 0.8, 0.2, 0)
+    split = type(split)(train=tuple(sorted(seen))[:-1], validation=(sorted(seen)[-1],), test=("test",))
+    for name, floor in (("group-mix", 0.99), ("population", None)):
+        method = method_for(name, task, split)
+        for shots in (5, 20):
+            episode = draw_episode(task, "test", shots, 0, split)
+            preds = method.predict_episode(episode)
+            score = np.mean(
+                [runner.item_score("alignment", p, mixed[i], None) for i, p in zip(episode.targets, preds, strict=True)]
+            )
+            if floor is not None:
+                assert score >= floor, (name, shots, score)
+            else:
+                assert score < 0.95  # the equal mixture of the five is far from 0.7 A + 0.3 B
+
+
+@pytest.fixture
+def sparse_run(monkeypatch, tmp_path):
+    """Runs a method through the runner on a sparse task built here (under the opinionqa_individual card, an
+    accuracy task of the opinion protocol), with the task's loader replaced."""
+
+    def run(method: str, metric: str, shots=(0, 1, 5)) -> tuple[dict, TaskData]:
+        task = sparse_task(metric)
+        monkeypatch.setattr(runner, "load_task", lambda card, data_dir: task)
+        card = "opinionqa_individual" if metric == "accuracy" else "synthetic"
+        spec = RunSpec(card, method, encoder="bow", shots=shots, seeds=(0, 1), train_frac=0.5)
+        return execute(spec, None, tmp_path / metric, cache_dir=tmp_path / "cache"), task
+
+    return run
+
+
+def test_fallback_counts_in_result_json_match_a_hand_count(sparse_run):
+    result, task = sparse_run("population", "alignment")
+    split = make_split(task, "opinion", {}, 0.5, 0.2, 0)
+    answered_by_seen = {i for g in split.seen for i in task.groups[g].targets}
+    for shots in (0, 1, 5):
+        expected = sum(
+            item not in answered_by_seen
+            for seed in (0, 1)
+            for group in split.test
+            for item in draw_episode(task, group, shots, seed, split).targets
+        )
+        fallbacks = result["metrics"][str(shots)]["fallbacks"]
+        assert expected > 0
+        assert fallbacks.get("uniform", 0) == expected
+        assert fallbacks["share"] == pytest.approx(expected / fallbacks["predictions"])
+
+
+@pytest.mark.parametrize("method", ["uniform", "population", "group-knn", "group-mix", "head", "knn"])
+def test_no_method_falls_below_chance_on_an_accuracy_task_because_of_ties(sparse_run, method):
+    result, _ = sparse_run(method, "accuracy")
+    chance = 1 / N_OPTIONS
+    for shots, cell in result["metrics"].items():
+        accuracy = cell["user_accuracy"]
+        n = accuracy["n_items"]
+        # a method that ties at the top on most items (head at K = 0, items no seen person rated) would score 0
+        # there; with ties broken by the seeded coin flip it is at chance within sampling error
+        assert accuracy["pooled"] > chance - 3 * np.sqrt(chance * (1 - chance) / n), (method, shots)
+        assert cell["reference"]["uniform"] == pytest.approx(chance)
+    if method in ("uniform", "head"):
+        assert result["metrics"]["0"]["fallbacks"]["ties_broken"] == result["metrics"]["0"]["fallbacks"]["predictions"]
