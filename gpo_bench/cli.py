@@ -156,7 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from . import leaderboard
 
-    board = leaderboard.build(args.output_dir, args.task, args.encoder, args.shots)
+    board = leaderboard.build(args.output_dir, args.task, args.encoder, args.shots, args.versus)
     if not board.rows:
         print(f"gpo-bench: no finished runs under {args.output_dir / 'runs'} match", file=sys.stderr)
         return 1
@@ -365,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="K shown in every column (default: 20 where a column has it, else its largest K)",
+    )
+    board.add_argument(
+        "--versus",
+        default=None,
+        help="the row every paired difference is taken against (a method name or row label); default: each "
+        "column's strongest simple baseline (group-mix, group-knn, population, head, knn, uniform)",
     )
     board.set_defaults(func=cmd_leaderboard)
 
