@@ -864,3 +864,62 @@ def test_a_run_held_by_another_process_is_waited_for_and_reused(tmp_path, capsys
     text = capsys.readouterr().out + caplog.text
     reused = "reused the finished run" in text and "in use by another process" in text
     check("clear" if waited and codes == [0] and reused else "duplicated", text)
+
+
+def sweep_process(output: Path, *args: str):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "gpo_bench", "sweep", "--tasks", "synthetic", "--encoders", "bow"]
+    argv += ["--shots", "0,5", "--limit-items", "40", "--output-dir", str(output), *args]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def all_finished(output: Path, expected: int) -> None:
+    """Every run folder finished (a valid result.json whose predictions still match), no temporary file
+    left anywhere, and the independent re-scorer agrees with every result."""
+    folders = sorted(p for p in (output / "runs").iterdir() if p.is_dir())
+    assert len(folders) == expected
+    assert all(runner.run_state(folder, None)[0] == "finished" for folder in folders)
+    assert not list((output / "runs").rglob("*.tmp"))
+    assert rescore(output) == ""
+
+
+def test_two_concurrent_sweeps_on_one_folder_run_each_run_once(tmp_path):
+    args = ["--methods", "uniform,population,group-knn", "--seeds", "0,1"]
+    first, second = sweep_process(tmp_path, *args), sweep_process(tmp_path, *args)
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    ran = reused = before = 0
+    for out, _ in outputs:
+        summary = next(line for line in out.splitlines() if line.startswith("sweep: 6 runs:"))
+        numbers = summary.replace(",", " ").split()
+        before += int(numbers[numbers.index("already") - 1])
+        ran += int(numbers[numbers.index("ran") - 1])
+        reused += int(numbers[numbers.index("finished", numbers.index("ran")) - 1]) if "another" in summary else 0
+    assert ran == 6, outputs  # each run executed by exactly one of the two sweeps
+    assert before + reused == 6, outputs  # the other one found it finished, before or after waiting
+    all_finished(tmp_path, 6)
+
+
+def test_a_sweep_killed_at_random_moments_finishes_exactly_when_rerun(tmp_path):
+    """SIGKILL at seeded random moments (during training, checkpoint writes, result writes), then a rerun
+    to the end: every run finished, the re-scorer agrees, no temporary file is left."""
+    import random
+    import signal
+
+    rng = random.Random(20261202)  # the kill moments
+    args = ["--methods", "gpo,uniform,head", "--seeds", "0,1", "--set", "gpo.max_steps=40"]
+    args += ["--set", "gpo.eval_every=2", "--set", "gpo.patience=null"]
+    for _ in range(3):
+        process = sweep_process(tmp_path, *args)
+        time.sleep(rng.uniform(4.0, 12.0))
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    folders = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()] if (tmp_path / "runs").exists() else []
+    assert sum(runner.run_state(f, None)[0] == "finished" for f in folders) < 6, "no kill came before the end"
+    process = sweep_process(tmp_path, *args)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, out + err
+    all_finished(tmp_path, 6)
