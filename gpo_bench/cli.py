@@ -33,6 +33,8 @@ def flag(limit: Limit, many: bool = False) -> Callable[[str], Any]:
     """An argparse type: a number (or comma-separated numbers with `many`) checked against `limit`, the same
     declaration a sweep file's fields are checked against."""
 
+    expected = limit.describe().removesuffix(", or null")  # a flag left out is the null
+
     def parse(text: str) -> Any:
         parts = [v.strip() for v in text.split(",") if v.strip()] if many else [text.strip()]
         values = []
@@ -40,9 +42,9 @@ def flag(limit: Limit, many: bool = False) -> Callable[[str], Any]:
             try:
                 values.append(limit.check(limit.kind(part), "value"))
             except (ValueError, CardError):
-                raise argparse.ArgumentTypeError(f"expected {limit.describe()}, got {part!r}") from None
+                raise argparse.ArgumentTypeError(f"expected {expected}, got {part!r}") from None
         if not values:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values, each {limit.describe()}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, each {expected}, got {text!r}")
         return tuple(values) if many else values[0]
 
     parse.__name__ = limit.kind.__name__  # argparse names the type in some messages
