@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,125 @@ METRICS = ("alignment", "accuracy")
 CANDIDATE_FORMATS = ("lettered_options", "response")
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The type and range of a method card setting or a numeric flag: `kind` (int, float, bool, str or list of
+    `item`), bounds (`open_*`: the bound itself excluded), `nullable` (None allowed), `choices`, and `length`
+    (a list of that many values in ascending order, e.g. [10, 100])."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    nullable: bool = False
+    choices: tuple | None = None
+    item: type | None = None
+    length: int | None = None
+
+    def describe(self) -> str:
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        if self.kind is list:
+            text = f"a list of {self.length or 'any number of'} {self.item.__name__} values"
+            text += " in ascending order" if self.length else ""
+        else:
+            text = kind[self.kind]
+        if self.low is not None and self.high is not None:
+            text += f" in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        elif self.low is not None:
+            text += f" {'>' if self.open_low else '≥'} {self.low:g}"
+        if self.choices:
+            text += f" (one of {', '.join(map(str, self.choices))})"
+        return text + (", or null" if self.nullable else "")
+
+    def _fits(self, value: Any, kind: type) -> bool:
+        if kind is float:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                return False
+        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            return False
+        if kind in (int, float):
+            if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+                return False
+            if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
+                return False
+        return self.choices is None or value in self.choices
+
+    def check(self, value: Any, what: str) -> Any:
+        """`value` if it fits (an int where a float is expected becomes a float), else a CardError naming `what`."""
+        if value is None and self.nullable:
+            return None
+        if self.kind is list:
+            ok = isinstance(value, list) and all(self._fits(v, self.item) for v in value)
+            ok = ok and (self.length is None or (len(value) == self.length and value == sorted(value)))
+        else:
+            ok = self._fits(value, self.kind)
+        if not ok:
+            raise CardError(f"{what} must be {self.describe()}, got {type(value).__name__} {value!r}")
+        return float(value) if self.kind is float else value
+
+
+# Every method card setting, by name (one name means one thing in every card): its type and range, checked when
+# a card is loaded and on each --set override, before any work starts.
+SETTINGS: dict[str, Limit] = {
+    "batch_size": Limit(int, 1),
+    "batch_tokens": Limit(int, 1),
+    "bf16": Limit(bool),
+    "chat_template": Limit(bool),
+    "context_items": Limit(list, item=int, length=2, low=0),
+    "d_ff": Limit(int, 1),
+    "d_model": Limit(int, 1),
+    "dtype": Limit(str, choices=("auto", "float32", "bfloat16", "float16")),
+    "eval_every": Limit(int, 1),
+    "folds": Limit(int, 2),
+    "groups_per_step": Limit(int, 1, nullable=True),
+    "head_lr": Limit(float, 0, open_low=True),
+    "heads": Limit(int, 1),
+    "l2": Limit(float, 0),
+    "layers": Limit(int, 1),
+    "load_8bit": Limit(bool),
+    "lora_alpha": Limit(float, 0, open_low=True),
+    "lora_dropout": Limit(float, 0, 1, open_high=True),
+    "lora_layers": Limit(int, 1, nullable=True),
+    "lora_r": Limit(int, 1),
+    "lora_targets": Limit(list, item=str),
+    "lr": Limit(float, 0, open_low=True),
+    "max_grad_norm": Limit(float, 0, open_low=True, nullable=True),
+    "max_length": Limit(int, 1, nullable=True),
+    "max_steps": Limit(int, 1),
+    "min_shared": Limit(int, 1),
+    "mlp_depth": Limit(int, 1),
+    "model": Limit(str),
+    "neighbors": Limit(int, 1),
+    "patience": Limit(int, 1, nullable=True),
+    "prior": Limit(list, item=float, low=0),
+    "rank": Limit(int, 1),
+    "steps": Limit(int, 1),
+    "style": Limit(str, choices=("portray", "bio", "qa")),
+    "target_items": Limit(list, item=int, length=2, low=1),
+    "temperature": Limit(float, 0, open_low=True),
+    "tf32": Limit(bool),
+    "user_l2": Limit(float, 0),
+    "validation_shots": Limit(int, 0),
+}
+SEED_LIMIT = Limit(int, 0, 2**32 - 1)  # numpy's legacy seeding (the paper's split) takes 0 ≤ seed < 2**32
+# The run spec's numbers, shared by the flags of `run` and `sweep` and the fields of a sweep file.
+SPEC_LIMITS: dict[str, Limit] = {
+    "shots": Limit(int, 0),
+    "seeds": SEED_LIMIT,
+    "split_seed": SEED_LIMIT,
+    "train_frac": Limit(float, 0, 1, open_low=True, open_high=True),
+    "limit_items": Limit(int, 2, nullable=True),
+}
+
+
+def check_setting(key: str, value: Any, where: str) -> Any:
+    """A setting's value checked against SETTINGS; `where` says where it came from (card file or --set)."""
+    if key not in SETTINGS:
+        raise CardError(f"{where}: setting {key!r} has no declared type and range (add it to cards.SETTINGS)")
+    return SETTINGS[key].check(value, f"{where}: setting {key!r}")
+
+
 def _validate(raw: Any, fields: dict, path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise CardError(f"{path}: a card must be a YAML mapping, got {type(raw).__name__}")
@@ -107,7 +227,7 @@ class TaskCard:
 
     @classmethod
     def from_file(cls, path: Path) -> TaskCard:
-        card = _validate(yaml.safe_load(path.read_text()), TASK_FIELDS, path)
+        card = _validate(read_yaml(path), TASK_FIELDS, path)
         if card["metric"] not in METRICS:
             raise CardError(f"{path}: field 'metric' must be one of {METRICS}, got {card['metric']!r}")
         if card["protocol"] not in PROTOCOLS:
@@ -140,7 +260,18 @@ class MethodCard:
 
     @classmethod
     def from_file(cls, path: Path) -> MethodCard:
-        return cls(**_validate(yaml.safe_load(path.read_text()), METHOD_FIELDS, path), path=str(path))
+        card = _validate(read_yaml(path), METHOD_FIELDS, path)
+        for key, value in card["settings"].items():
+            check_setting(key, value, str(path))
+        return cls(**card, path=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; unreadable or malformed YAML is a CardError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise CardError(f"{path}: cannot read it as YAML ({' '.join(str(error).split())})") from None
 
 
 def _card_paths(kind: str) -> dict[str, Path]:
@@ -190,12 +321,5 @@ def apply_overrides(settings: dict, overrides: dict[str, Any], card: MethodCard)
     for key, value in overrides.items():
         if key not in merged:
             raise unknown_name(f"setting of method card {card.path}", key, list(merged))
-        default = merged[key]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if default is not None and value is not None and type(value) is not type(default):
-            raise CardError(
-                f"--set {key}={value!r}: expected {type(default).__name__} like the card's {default!r} ({card.path})"
-            )
-        merged[key] = value
+        merged[key] = check_setting(key, value, f"--set {key}={value!r} ({card.path})")
     return merged

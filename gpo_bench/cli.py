@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .cards import CardError, load_method_card, load_task_card, method_names, parse_overrides, task_names
+from .cards import (
+    SPEC_LIMITS,
+    CardError,
+    Limit,
+    load_method_card,
+    load_task_card,
+    method_names,
+    parse_overrides,
+    task_names,
+)
 from .data import DataError
 from .encoders import ALIASES, DEFAULT_ENCODER
 from .loaders.common import DATA_ENV, resolve_data_dir
@@ -16,30 +29,32 @@ from .registry import UnknownNameError
 log = logging.getLogger("gpo_bench")
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return values
+def flag(limit: Limit, many: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number (or comma-separated numbers with `many`) checked against `limit`, the same
+    declaration a sweep file's fields are checked against."""
+
+    expected = limit.describe().removesuffix(", or null")  # a flag left out is the null
+
+    def parse(text: str) -> Any:
+        parts = [v.strip() for v in text.split(",") if v.strip()] if many else [text.strip()]
+        values = []
+        for part in parts:
+            try:
+                values.append(limit.check(limit.kind(part), "value"))
+            except (ValueError, CardError):
+                raise argparse.ArgumentTypeError(f"expected {expected}, got {part!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, each {expected}, got {text!r}")
+        return tuple(values) if many else values[0]
+
+    parse.__name__ = limit.kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def str_list(text: str) -> tuple[str, ...]:
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
-    return values
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
     return values
 
 
@@ -123,6 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     result = execute(spec, data_dir, args.output_dir, args.device, args.force, args.resume, args.cache_dir)
     result["run_folder"] = str(args.output_dir / "runs" / run_id(result["spec"]))
+    if result.get("reused"):
+        print(f"reused the finished run {result['run_folder']} (pass --force to run it again)")
     print_table(result)
     return 0
 
@@ -146,11 +163,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         Options(resolve_data_dir(args.data_dir), args.output_dir, args.device, args.force, args.cache_dir)
     )
     if args.dry_run:
-        print(describe(runs, args.output_dir))
+        print(describe(runs, options))
         return 0
     report = sweep(runs, options, args.jobs, args.backend, args.ray_address, args.cpus_per_run, args.gpus_per_run)
     print(report.summary(args.output_dir))
-    return 1 if report.failed else 0
+    return 1 if report.failed or report.stopped else 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -230,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-shot group and personalized preference alignment: GPO side by side with baselines.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="list tasks, methods and encoders").set_defaults(func=cmd_list)
@@ -245,30 +263,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--shots",
-        type=int_list,
+        type=flag(SPEC_LIMITS["shots"], many=True),
         default=None,
         help="comma-separated K values: context items per test group (default: the task card's grid)",
     )
     run.add_argument(
         "--seeds",
-        type=int_list,
+        type=flag(SPEC_LIMITS["seeds"], many=True),
         default=(0, 1, 2),
         help="comma-separated seeds; each draws its own context items and model init (default 0,1,2)",
     )
     run.add_argument(
         "--train-frac",
-        type=float,
+        type=flag(SPEC_LIMITS["train_frac"]),
         default=None,
         help="fraction of groups for meta-training (validation carved out of it); default: the card's",
     )
     run.add_argument(
         "--split-seed",
-        type=int,
+        type=flag(SPEC_LIMITS["split_seed"]),
         default=0,
         help="seed of the GPO paper's group split (np.random.seed; the paper uses 0)",
     )
     add_run_location_arguments(run)
-    run.add_argument("--limit-items", type=int, default=None, help="keep only the first N items (quick runs)")
+    run.add_argument(
+        "--limit-items",
+        type=flag(SPEC_LIMITS["limit_items"]),
+        default=None,
+        help="keep only the first N items (quick runs; groups left with fewer than 2 are dropped and counted)",
+    )
     run.add_argument(
         "--set",
         action="append",
@@ -302,21 +325,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--train-fracs",
-        type=float_list,
+        type=flag(SPEC_LIMITS["train_frac"], many=True),
         default=None,
         help="comma-separated meta-train fractions, e.g. 0.4,0.6,0.8 (default: each task card's)",
     )
     sweep.add_argument(
         "--shots",
-        type=int_list,
+        type=flag(SPEC_LIMITS["shots"], many=True),
         default=None,
         help="comma-separated K values, all evaluated inside each run (default: each task card's grid)",
     )
     sweep.add_argument(
-        "--seeds", type=int_list, default=None, help="comma-separated seeds, one run each (default 0,1,2)"
+        "--seeds",
+        type=flag(SPEC_LIMITS["seeds"], many=True),
+        default=None,
+        help="comma-separated seeds, one run each (default 0,1,2)",
     )
-    sweep.add_argument("--split-seed", type=int, default=None, help="seed of the group split (default 0)")
-    sweep.add_argument("--limit-items", type=int, default=None, help="keep only the first N items (quick sweeps)")
+    sweep.add_argument(
+        "--split-seed", type=flag(SPEC_LIMITS["split_seed"]), default=None, help="seed of the group split (default 0)"
+    )
+    sweep.add_argument(
+        "--limit-items",
+        type=flag(SPEC_LIMITS["limit_items"]),
+        default=None,
+        help="keep only the first N items (quick sweeps; groups left with fewer than 2 are dropped and counted)",
+    )
     sweep.add_argument(
         "--set",
         action="append",
@@ -326,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(gpo.max_steps=1000); repeatable",
     )
     add_run_location_arguments(sweep)
-    sweep.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (default 1)")
+    sweep.add_argument(
+        "--jobs", type=flag(Limit(int, 1)), default=1, help="runs in parallel, one process each (default 1)"
+    )
     sweep.add_argument(
         "--backend",
         choices=("local", "ray"),
@@ -339,10 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="address of an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one. "
         "--output-dir must then be a folder every node shares",
     )
-    sweep.add_argument("--cpus-per-run", type=float, default=1, help="CPUs each Ray task asks for (default 1)")
+    sweep.add_argument(
+        "--cpus-per-run",
+        type=flag(Limit(float, 0, open_low=True)),
+        default=1,
+        help="CPUs each Ray task asks for (default 1)",
+    )
     sweep.add_argument(
         "--gpus-per-run",
-        type=float,
+        type=flag(Limit(float, 0)),
         default=0,
         help="GPUs each Ray task asks for, e.g. 1, or 0.25 to share a GPU between four runs (default 0)",
     )
@@ -362,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument(
         "--shots",
-        type=int,
+        type=flag(SPEC_LIMITS["shots"]),
         default=None,
         help="K shown in every column (default: 20 where a column has it, else its largest K)",
     )
@@ -390,9 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", nargs=2, type=Path, default=None, metavar=("FOLDER_A", "FOLDER_B"), help="or two run folders"
     )
     compare.add_argument(
-        "--train-frac", type=float, default=None, help="meta-train fraction (needed where both ran several)"
+        "--train-frac",
+        type=flag(SPEC_LIMITS["train_frac"]),
+        default=None,
+        help="meta-train fraction (needed where both ran several)",
     )
-    compare.add_argument("--shots", type=int_list, default=None, help="K values (default: every K both have)")
+    compare.add_argument(
+        "--shots",
+        type=flag(SPEC_LIMITS["shots"], many=True),
+        default=None,
+        help="K values (default: every K both have)",
+    )
     compare.add_argument("--encoder", default=None, help="only runs with this encoder (and methods that use none)")
     compare.add_argument(
         "--output-dir", type=Path, default=Path("results"), help="folder holding runs/ (default results)"
@@ -407,14 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = kinds.add_parser("groups", help="per-group values of every method on one task, with CI bars")
     groups.add_argument("--task", required=True, help="the task")
-    groups.add_argument("--shots", type=int, default=None, help="K shown (default: 20 where run, else the largest K)")
+    groups.add_argument(
+        "--shots",
+        type=flag(SPEC_LIMITS["shots"]),
+        default=None,
+        help="K shown (default: 20 where run, else the largest K)",
+    )
     for kind in (shots, groups):
         kind.add_argument(
             "--output-dir", type=Path, default=Path("results"), help="folder holding runs/ (default results)"
         )
         kind.add_argument(
             "--train-frac",
-            type=float,
+            type=flag(SPEC_LIMITS["train_frac"]),
             default=None,
             help="meta-train fraction shown (default: the task card's where run, else the smallest run)",
         )
@@ -423,7 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         kind.add_argument("--methods", type=str_list, default=None, help="only these methods (comma-separated)")
         kind.set_defaults(func=cmd_plot)
+    for command in (run, sweep, board, shots, groups):  # also accepted after the command; SUPPRESS keeps the first
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+# A user's mistake or the machine's state (bad data, a card, a name, a file or folder that cannot be read or
+# written, a locked cache): one line and exit code 2. Anything else is a bug: one line, exit 1, --debug for more.
+EXPECTED_ERRORS = (DataError, CardError, UnknownNameError, OSError, sqlite3.Error, RuntimeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,9 +495,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (DataError, CardError, UnknownNameError, RuntimeError) as error:
-        print(f"gpo-bench: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("gpo-bench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, EXPECTED_ERRORS):
+            print(f"gpo-bench: error: {message}", file=sys.stderr)
+            return 2
+        print(
+            f"gpo-bench: internal error: {type(error).__name__}: {message} (rerun with --debug for the traceback, "
+            "and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ reward-model papers). Vectors are cached in SQLite keyed by everything that chan
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .files import path_error
 from .registry import unknown_name
 
 log = logging.getLogger(__name__)
@@ -172,51 +174,116 @@ def bow_vectors(texts: list[str]) -> np.ndarray:
 
 
 class EmbeddingCache:
-    """SQLite rows (key, meta, text, dim, checksum, vector); an entry whose meta, text, size or
-    checksum does not match is treated as a miss and overwritten."""
+    """SQLite rows (key, meta, text, dim, checksum, vector), the checksum a digest of the key and the vector
+    together; an entry whose meta, text, size or checksum does not match its key is treated as a miss and
+    overwritten. A database that SQLite cannot read is moved aside (renamed with a timestamp) and rebuilt,
+    with a warning naming both files; a database another process holds locked is waited for, saying so, up
+    to LOCK_WAIT_S seconds."""
+
+    TABLE = "vectors_v2"  # v1 checksummed the vector alone
+    LOCK_WAIT_S = 300
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise path_error(error, folder) from None
         self.path = folder / "embeddings.sqlite"
-        self.db = sqlite3.connect(self.path, timeout=60)
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, meta TEXT, text TEXT, dim INTEGER, "
-            "checksum TEXT, vector BLOB)"
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=5)
+        self.db = db
+        self._call(
+            lambda db: db.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key TEXT PRIMARY KEY, meta TEXT, text TEXT, dim INTEGER, "
+                "checksum TEXT, vector BLOB)"
+            )
         )
+        return db
+
+    def _call(self, operation):
+        """Run `operation(db)`; wait once for a lock, rebuild once a corrupt database."""
+        waited = rebuilt = False
+        while True:
+            try:
+                return operation(self.db)
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise RuntimeError(f"embedding cache {self.path}: {error}") from None
+                if waited:
+                    raise RuntimeError(
+                        f"embedding cache {self.path} stayed locked by another process for {self.LOCK_WAIT_S} s"
+                    ) from None
+                log.warning(
+                    "embedding cache %s is locked by another process; waiting up to %d s", self.path, self.LOCK_WAIT_S
+                )
+                self.db.execute(f"PRAGMA busy_timeout = {self.LOCK_WAIT_S * 1000}")
+                waited = True
+            except sqlite3.DatabaseError as error:  # not a database, malformed, truncated
+                if rebuilt:
+                    raise RuntimeError(f"embedding cache {self.path}: {error}, even after a rebuild") from None
+                self._move_aside(error)
+                rebuilt = True
+
+    def _move_aside(self, error: Exception) -> None:
+        self.db.close()
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.replace(f"{aside}{suffix}")
+        log.warning(
+            "embedding cache %s is unreadable (%s); moved it to %s and started an empty one", self.path, error, aside
+        )
+        self._open()
 
     @staticmethod
     def key(meta: str, text: str) -> str:
         return hashlib.sha256(f"{meta}\0{text}".encode()).hexdigest()
 
+    @staticmethod
+    def checksum(key: str, blob: bytes) -> str:
+        return hashlib.sha256(key.encode() + blob).hexdigest()
+
     def get(self, meta: str, texts: list[str]) -> dict[str, np.ndarray]:
+        return self._call(lambda db: self._get(db, meta, texts))
+
+    def _get(self, db: sqlite3.Connection, meta: str, texts: list[str]) -> dict[str, np.ndarray]:
         found = {}
         for start in range(0, len(texts), 500):
             chunk = texts[start : start + 500]
             keys = {self.key(meta, t): t for t in chunk}
             marks = ",".join("?" * len(keys))
-            rows = self.db.execute(
-                f"SELECT key, meta, text, dim, checksum, vector FROM vectors WHERE key IN ({marks})", list(keys)
-            )
+            rows = db.execute(
+                f"SELECT key, meta, text, dim, checksum, vector FROM {self.TABLE} WHERE key IN ({marks})", list(keys)
+            ).fetchall()
             for key, row_meta, text, dim, checksum, blob in rows:
                 valid = (
                     row_meta == meta
                     and text == keys[key]
                     and len(blob) == dim * 4
-                    and hashlib.sha256(blob).hexdigest() == checksum
+                    and self.checksum(key, blob) == checksum
                 )
                 if valid:
                     found[text] = np.frombuffer(blob, dtype=np.float32)
                 else:
-                    log.warning("embedding cache entry for %r does not match its key; recomputing", text[:60])
+                    log.warning("embedding cache entry for %r does not match its key; recomputing", keys[key][:60])
         return found
 
     def put(self, meta: str, vectors: dict[str, np.ndarray]) -> None:
         rows = []
         for text, vector in vectors.items():
             blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-            rows.append((self.key(meta, text), meta, text, len(vector), hashlib.sha256(blob).hexdigest(), blob))
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?, ?)", rows)
+            key = self.key(meta, text)
+            rows.append((key, meta, text, len(vector), self.checksum(key, blob), blob))
+
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+        self._call(write)
 
 
 def default_cache_dir() -> Path:

@@ -1,17 +1,18 @@
 """One run: a (task, method, encoder, split, shots, seeds) spec → `runs/<run-id>/` holding
-`predictions.jsonl` and `result.json`, both written atomically; a run is complete when its
-`result.json` exists, and running the same spec again reuses it unless forced."""
+`predictions.jsonl` and `result.json`, both written atomically under the run folder's lock. A run is
+finished when its `result.json` parses, follows `result.schema.json`, and names the predictions.jsonl
+beside it by line count and sha256; running the same spec again reuses a finished run on the same data
+unless forced, and runs anything else again, saying why."""
 
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import logging
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
 from .data import DataError, TaskData
 from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec, resolve_device
 from .features import build_features
+from .files import file_digest, folder_lock, remove_temp_files, write_atomic
 from .methods.base import Setup
 from .metrics import CEILING_METHOD, group_table, item_score, sampling_ceiling, summarize
 from .protocol import Episode, derived_rng, draw_episode, make_split, visible_task
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 CI_SEED = 0
 PACKAGE_DIR = Path(__file__).resolve().parent
+RESULT_FILE = "result.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+ERROR_FILE = "error.json"
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,21 @@ def load_task(card: TaskCard, data_dir: Path | None) -> TaskData:
 
 
 def limit_items(task: TaskData, limit: int | None) -> TaskData:
-    """Keep the first `limit` items (by id) and each group's targets on them."""
+    """Keep the first `limit` items (by id) and each group's targets on them; a group left with fewer than
+    2 of them (a sparse source: a country that answered few questions) is dropped and counted."""
     if limit is None:
         return task
     keep = set(sorted(task.items)[:limit])
     allowed = {g: [i for i in group.targets if i in keep] for g, group in task.groups.items()}
-    limited = task.view({g: items for g, items in allowed.items() if items})
+    small = [g for g, items in allowed.items() if len(items) < 2]
+    limited = task.view({g: items for g, items in allowed.items() if len(items) >= 2})
     limited.items = {i: task.items[i] for i in keep}
+    if small:
+        limited.drops = {**task.drops, f"groups with fewer than 2 items among the first {limit}": len(small)}
+        limited.notes = [*task.notes, f"--limit-items {limit} left fewer than 2 items to: {', '.join(small)}"]
+        log.warning("--limit-items %d leaves fewer than 2 items to %d group(s), dropped: %s", limit, len(small), small)
+    if not limited.groups:
+        raise DataError(f"task {task.name!r}: --limit-items {limit} leaves no group with 2 or more items; raise it")
     limited.validate()
     return limited
 
@@ -195,20 +208,57 @@ def reference_block(task: TaskData, rows: list[dict], score: float, known_ceilin
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@functools.cache
+def result_validator():
+    import jsonschema
+
+    schema = json.loads((PACKAGE_DIR / "result.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def run_state(run_dir: Path, fingerprint: str | None) -> tuple[str, dict | None, str]:
+    """(state, result, why) of a run folder. `finished`: result.json parses, follows the schema, belongs to
+    this folder and names the predictions.jsonl beside it by line count and sha256, on data of this
+    `fingerprint` (None: not checked). `other-data`: the same but computed on other data. `new`: no
+    result.json. `broken`: anything else; `why` says what."""
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return "new", None, f"{path} does not exist"
     try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        result = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return "broken", None, f"{path} cannot be read ({' '.join(str(error).split())})"
+    problem = next(iter(result_validator().iter_errors(result)), None)
+    if problem is not None:
+        where = "/".join(map(str, problem.absolute_path)) or "the top level"
+        return "broken", None, f"{path} does not follow result.schema.json at {where}: {problem.message[:200]}"
+    if result["run_id"] != run_dir.name:
+        return "broken", None, f"{path} belongs to run {result['run_id']}, not {run_dir.name}"
+    recorded = result["predictions"]
+    predictions = run_dir / recorded["file"]
+    if not predictions.exists():
+        return "broken", None, f"{predictions} is missing"
+    actual = file_digest(predictions)
+    if actual != recorded:
+        return (
+            "broken",
+            None,
+            (
+                f"{predictions} has {actual['lines']} lines (sha256 {actual['sha256'][:12]}…), not the "
+                f"{recorded['lines']} lines (sha256 {recorded['sha256'][:12]}…) result.json was computed with"
+            ),
+        )
+    if fingerprint is not None and result["data"]["fingerprint"] != fingerprint:
+        return (
+            "other-data",
+            result,
+            (f"{path} was computed on other data (fingerprint {result['data']['fingerprint']}, now {fingerprint})"),
+        )
+    return "finished", result, "finished"
 
 
 def git_state() -> dict:
@@ -291,22 +341,43 @@ def execute(
     resume: bool = False,
     cache_dir: Path | None = None,
 ) -> dict:
-    """Run a spec (or reuse its finished run) and return its result.json content."""
+    """Run a spec (or reuse its finished run) and return its result.json content. The run folder's lock
+    is held throughout, so a second process on the same spec waits and then reuses this one's result."""
     resolved = spec.resolved()
     rid = run_id(resolved)
     run_dir = output_dir / "runs" / rid
-    result_path = run_dir / "result.json"
     timings: dict[str, float] = {}
     started = time.perf_counter()
     task_card = load_task_card(spec.task)
     task = limit_items(load_task(task_card, data_dir), resolved["limit_items"])
     timings["load_s"] = time.perf_counter() - started
-    if result_path.exists() and not force:
-        previous = json.loads(result_path.read_text())
-        if previous.get("data", {}).get("fingerprint") == task.fingerprint():
+    with folder_lock(run_dir):
+        state, previous, why = run_state(run_dir, task.fingerprint())
+        if state == "finished" and not force:
             log.info("reusing finished run %s (pass --force to run it again)", run_dir)
-            return previous
-        log.warning("%s was computed on different data; running it again", run_dir)
+            return {**previous, "reused": True}
+        if state == "other-data":
+            resume = False  # a checkpoint in the folder was trained on the other data too
+        if state != "new" and not force:
+            log.warning("%s; running it again", why)
+        remove_temp_files(run_dir)
+        return _execute(spec, resolved, task, task_card, data_dir, run_dir, device, resume, cache_dir, timings, started)
+
+
+def _execute(
+    spec: RunSpec,
+    resolved: dict,
+    task: TaskData,
+    task_card: TaskCard,
+    data_dir: Path | None,
+    run_dir: Path,
+    device: str,
+    resume: bool,
+    cache_dir: Path | None,
+    timings: dict,
+    started: float,
+) -> dict:
+    rid = run_dir.name
     device = resolve_device(device)
     split = make_split(
         task,
@@ -404,7 +475,13 @@ def execute(
         "versions": versions(),
         "git": git_state(),
     }
-    write_atomic(run_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    write_atomic(result_path, json.dumps(result, indent=2) + "\n")
+    write_atomic(run_dir / PREDICTIONS_FILE, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+    result["predictions"] = file_digest(run_dir / PREDICTIONS_FILE)
+    try:
+        text = json.dumps(result, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise RuntimeError(f"{rid}: the result holds NaN or infinity, which JSON cannot hold") from None
+    write_atomic(run_dir / RESULT_FILE, text)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier failure of this run is no longer true
     log.info("wrote %s", run_dir)
     return result

@@ -3,9 +3,11 @@
 
 One run is one `runner.RunSpec` per (task, method, encoder, train-frac, seed) with every K inside it (GPO
 trains once per seed and is evaluated at each K), so runs are independent units: the same spec always
-names the same run folder (`runner.run_id`), a finished run (its `result.json` exists) is skipped, so an
-interrupted sweep resumes where it stopped (GPO continues from its checkpoint), and a failing run leaves
-`error.json` in its run folder while the others go on."""
+names the same run folder (`runner.run_id`), a finished run (`runner.run_state`: a valid result.json whose
+predictions.jsonl still matches, on the same data) is skipped, so an interrupted sweep resumes where it
+stopped (GPO continues from its checkpoint), and a failing run leaves `error.json` in its run folder while
+the others go on. Each run holds its folder's lock while it executes, so two sweeps on one output folder
+never run the same run twice: the second waits and reuses the first one's result."""
 
 from __future__ import annotations
 
@@ -28,13 +30,14 @@ import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .cards import CardError, load_method_card, parse_overrides
+from .cards import SPEC_LIMITS, CardError, load_method_card, load_task_card, parse_overrides
+from .data import DataError
 from .encoders import DEFAULT_ENCODER
 from .methods.base import Method
 from .registry import METHODS
-from .runner import RunSpec, execute, run_id, write_atomic
+from .runner import ERROR_FILE, RESULT_FILE, RunSpec, execute, limit_items, load_task, run_id, run_state, write_atomic
 
-ERROR_FILE = "error.json"
+log = logging.getLogger(__name__)
 # sweep-file field → (accepted item type, is a list)
 FILE_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "tasks": (str, True),
@@ -47,6 +50,9 @@ FILE_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "limit_items": (int, False),
     "set": (dict, False),
 }
+# sweep-file field → its range in cards.SPEC_LIMITS (the flags' declaration)
+FILE_LIMITS = {"train_fracs": "train_frac", "shots": "shots", "seeds": "seeds", "split_seed": "split_seed"}
+FILE_LIMITS["limit_items"] = "limit_items"
 
 
 @dataclass(frozen=True)
@@ -129,9 +135,9 @@ def plan(grid: Grid) -> list[PlannedRun]:
 def load_sweep_file(path: Path) -> dict:
     """A YAML sweep file → Grid fields; an unknown key or a wrong type names the file and the field."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise CardError(f"{path}: cannot read the sweep file ({error})") from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise CardError(f"{path}: cannot read the sweep file ({' '.join(str(error).split())})") from None
     if not isinstance(raw, dict):
         raise CardError(f"{path}: a sweep file must be a YAML mapping of {', '.join(FILE_FIELDS)}")
     out = {}
@@ -152,6 +158,10 @@ def load_sweep_file(path: Path) -> dict:
             raise CardError(f"{path}: field {key!r} must be a {_type_names(types)}, got {value!r}")
         else:
             out[key] = value
+        if key in FILE_LIMITS and value is not None:
+            limit = SPEC_LIMITS[FILE_LIMITS[key]]
+            checked = [limit.check(v, f"{path}: field {key!r}") for v in (out[key] if is_list else [value])]
+            out[key] = tuple(checked) if is_list else checked[0]
     if "set" in out:
         out["overrides"] = {str(k): v for k, v in (out.pop("set") or {}).items()}
     return out
@@ -172,9 +182,6 @@ def make_grid(file: Path | None, flags: dict) -> Grid:
     if missing:
         where = f"{file} or the flags" if file else "the flags (or a --file)"
         raise CardError(f"a sweep needs {' and '.join(missing)}: give them in {where}")
-    for frac in fields.get("train_fracs") or ():
-        if not 0 < frac < 1:
-            raise CardError(f"train fraction {frac} must lie strictly between 0 and 1")
     return Grid(**fields)
 
 
@@ -195,10 +202,12 @@ class Outcome:
     ok: bool
     seconds: float
     error: str | None = None
+    reused: bool = False  # another process finished this run while this sweep waited for its lock
 
 
 def record_failure(run: PlannedRun, output_dir: Path, error: str, details: str) -> None:
-    """Write `error.json` into the run folder (the leaderboard reads only result.json)."""
+    """Write `error.json` into the run folder (the leaderboard reads only result.json). It never raises: a
+    folder that cannot be written is named in a warning, and the sweep goes on to its summary."""
     report = {
         "run_id": run.run_id,
         "error": error,
@@ -206,14 +215,17 @@ def record_failure(run: PlannedRun, output_dir: Path, error: str, details: str) 
         "spec": run.resolved,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_atomic(run.folder(output_dir) / ERROR_FILE, json.dumps(report, indent=2) + "\n")
+    try:
+        write_atomic(run.folder(output_dir) / ERROR_FILE, json.dumps(report, indent=2) + "\n")
+    except Exception as problem:  # noqa: BLE001  (the failure being recorded matters more)
+        log.warning("could not record the failure of %s (%s)", run.run_id, problem)
 
 
 def run_one(run: PlannedRun, options: Options) -> Outcome:
     """Execute one run; any exception becomes `error.json` and a failed Outcome, so the sweep goes on."""
     started = time.perf_counter()
     try:
-        execute(
+        result = execute(
             run.spec,
             options.data_dir,
             options.output_dir,
@@ -223,11 +235,10 @@ def run_one(run: PlannedRun, options: Options) -> Outcome:
             cache_dir=options.cache_dir,
         )
     except Exception as error:  # one failing run must not stop the others
-        message = f"{type(error).__name__}: {error}"
+        message = f"{type(error).__name__}: {' '.join(str(error).split())}"
         record_failure(run, options.output_dir, message, traceback.format_exc())
         return Outcome(run.run_id, False, time.perf_counter() - started, message)
-    (run.folder(options.output_dir) / ERROR_FILE).unlink(missing_ok=True)
-    return Outcome(run.run_id, True, time.perf_counter() - started)
+    return Outcome(run.run_id, True, time.perf_counter() - started, reused=bool(result.get("reused")))
 
 
 def quiet_run_one(run: PlannedRun, options: Options, threads: int | None = None) -> Outcome:
@@ -376,16 +387,56 @@ class SweepReport:
     done: list[Outcome] = field(default_factory=list)
     failed: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str | None = None  # why the sweep stopped before running every run
 
     def summary(self, output_dir: Path) -> str:
+        reused = sum(o.reused for o in self.done)
         lines = [
-            f"sweep: {self.total} runs: {len(self.finished_before)} already finished, {len(self.done)} ran now, "
-            f"{len(self.failed)} failed ({self.seconds:.0f} s)"
+            f"sweep: {self.total} runs: {len(self.finished_before)} already finished, {len(self.done) - reused} ran "
+            f"now, {len(self.failed)} failed"
+            + (f", {reused} finished by another process" if reused else "")
+            + f" ({self.seconds:.0f} s)"
         ]
         for outcome in self.failed:
             folder = output_dir / "runs" / outcome.run_id
             lines.append(f"  FAILED {folder}: {outcome.error} (details in {folder / ERROR_FILE})")
+        if self.stopped:
+            lines.append(f"  STOPPED before the end: {self.stopped}")
         return "\n".join(lines)
+
+
+def run_states(runs: list[PlannedRun], options: Options) -> dict[str, tuple[str, str]]:
+    """run id → (state, why) from `runner.run_state`, checked against the data each run would load now
+    (loaded once per task and item limit). A run whose data cannot be loaded is `to run`: it fails in its
+    own process, with its own error.json."""
+    fingerprints: dict[tuple, str | None] = {}
+    states = {}
+    for run in runs:
+        folder = run.folder(options.output_dir)
+        if not (folder / RESULT_FILE).exists():
+            states[run.run_id] = ("failed", "") if (folder / ERROR_FILE).exists() else ("new", "")
+            continue
+        key = (run.resolved["task"], run.resolved["limit_items"])
+        if key not in fingerprints:
+            try:
+                task = load_task(load_task_card(key[0]), options.data_dir)
+                fingerprints[key] = limit_items(task, key[1]).fingerprint()
+            except DataError as error:
+                log.warning("cannot load task %s to check its finished runs (%s)", key[0], error)
+                fingerprints[key] = None
+        if fingerprints[key] is None:
+            states[run.run_id] = ("new", "")
+        else:
+            states[run.run_id] = run_state(folder, fingerprints[key])[::2]
+    return states
+
+
+def check_writable(folder: Path) -> None:
+    """Fail at once, naming the folder, where run folders cannot be created (read-only, full, a file in the
+    way), rather than once per run."""
+    probe = folder / f".write-test-{os.getpid()}"
+    write_atomic(probe, "")
+    probe.unlink()
 
 
 def sweep(
@@ -397,22 +448,30 @@ def sweep(
     cpus_per_run: float = 1,
     gpus_per_run: float = 0,
 ) -> SweepReport:
-    """Run the planned runs that have no result.json yet (all of them with `options.force`)."""
+    """Run the planned runs that are not finished (all of them with `options.force`); a run whose
+    result.json is broken or was computed on other data runs again, and the log says why."""
     runs = list(runs)
     started = time.perf_counter()
+    check_writable(options.output_dir / "runs")
     result = SweepReport(total=len(runs))
+    states = {} if options.force else run_states(runs, options)
     pending = []
     for run in runs:
-        if not options.force and (run.folder(options.output_dir) / "result.json").exists():
+        state, why = states.get(run.run_id, ("new", ""))
+        if state == "finished":
             result.finished_before.append(run.run_id)
-        else:
-            pending.append(run)
+            continue
+        if state in ("broken", "other-data"):
+            log.warning("%s; running it again", why)
+        pending.append(run)
     progress = tqdm(total=len(pending), desc="sweep", unit="run")
 
     def report(run: PlannedRun, outcome: Outcome) -> None:
         (result.done if outcome.ok else result.failed).append(outcome)
         status = (
-            f"done   {run.run_id} ({outcome.seconds:.0f} s)" if outcome.ok else f"FAILED {run.run_id}: {outcome.error}"
+            f"done   {run.run_id} ({outcome.seconds:.0f} s{', by another process' * outcome.reused})"
+            if outcome.ok
+            else f"FAILED {run.run_id}: {outcome.error}"
         )
         progress.write(status)
         progress.set_postfix(failed=len(result.failed))
@@ -425,28 +484,27 @@ def sweep(
             _process_pool(pending, options, jobs, report)
         else:
             _in_process(pending, options, report)
+    except Exception as error:  # noqa: BLE001  (the sweep still ends with its summary)
+        result.stopped = f"{type(error).__name__}: {' '.join(str(error).split())}"
     finally:
         progress.close()
     result.seconds = time.perf_counter() - started
     return result
 
 
-def describe(runs: list[PlannedRun], output_dir: Path) -> str:
-    """One line per planned run (for --dry-run): its state and what it runs."""
+def describe(runs: list[PlannedRun], options: Options) -> str:
+    """One line per planned run (for --dry-run): its state (finished, to run, failed, or why it runs again)
+    and what it runs."""
+    states = run_states(runs, options)
     lines = []
     for run in runs:
-        folder = run.folder(output_dir)
-        state = (
-            "finished"
-            if (folder / "result.json").exists()
-            else "failed"
-            if (folder / ERROR_FILE).exists()
-            else "to run"
-        )
+        state, why = states[run.run_id]
+        label = {"new": "to run", "other-data": "stale"}.get(state, state)
         r = run.resolved
         lines.append(
-            f"{state:<9} {folder}  task={r['task']} method={r['method']} encoder={r['encoder']} "
-            f"train_frac={r['train_frac']} seed={r['seeds'][0]} shots={','.join(map(str, r['shots']))}"
+            f"{label:<9} {run.folder(options.output_dir)}  task={r['task']} method={r['method']} "
+            f"encoder={r['encoder']} train_frac={r['train_frac']} seed={r['seeds'][0]} "
+            f"shots={','.join(map(str, r['shots']))}" + (f"  ({why})" if state in ("broken", "other-data") else "")
         )
     return "\n".join(lines)
 

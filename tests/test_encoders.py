@@ -18,7 +18,7 @@ def test_cache_second_run_encodes_nothing_and_corrupt_entries_are_recomputed(tmp
     assert second.stats == {"hits": 5, "misses": 0}
     db = sqlite3.connect(tmp_path / "embeddings.sqlite")
     with db:
-        db.execute("UPDATE vectors SET vector = ? WHERE rowid = 1", (b"\0" * 16,))
+        db.execute("UPDATE vectors_v2 SET vector = ? WHERE rowid = 1", (b"\0" * 16,))
     third = Encoder(spec, device="cpu", cache_dir=tmp_path)
     np.testing.assert_array_equal(third.encode(TRIPLES), vectors[:5])
     assert third.stats == {"hits": 4, "misses": 1}

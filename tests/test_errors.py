@@ -54,7 +54,7 @@ def test_empty_group_after_filtering_is_an_error(tmp_path, capsys):
 
 def test_bad_set_value_is_an_error(capsys):
     assert main(["run", "--task", "synthetic", "--method", "gpo", "--set", "max_steps=many"]) == 2
-    assert "expected int" in capsys.readouterr().err
+    assert "must be an integer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shots", ["a,b", "-1"])

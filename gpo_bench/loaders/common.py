@@ -1,10 +1,14 @@
 """What every loader shares: where data is read from, safe parsing of Python-literal strings,
-and reading tables with errors that name the file and row."""
+reading tables and JSON with errors that name the file and row, and the check of count values."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import json
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +51,50 @@ def read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     """Read a CSV and check its columns; the error names the file and the missing columns."""
     try:
         frame = pd.read_csv(path, keep_default_na=False, dtype=str)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable CSV ({error})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV ({' '.join(str(error).split())})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; has {list(frame.columns)[:12]}")
     return frame
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file; invalid JSON, a non-UTF-8 file or a key given twice in one object (where the last one
+    would silently win) is a DataError naming the file."""
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DataError(f"{path}: key {key!r} appears twice in one object")
+            seen[key] = value
+        return seen
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error})") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+
+
+def check_count(value: Any, where: str) -> float:
+    """A respondent count or share: a finite number ≥ 0 (not a string, not a boolean), else a DataError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise DataError(f"{where}: expected a count (a finite number ≥ 0), got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+@contextlib.contextmanager
+def row_errors(where: str) -> Iterator[None]:
+    """Turn a row whose content does not have the expected shape (a missing field, a wrong type) into a
+    DataError naming the row."""
+    try:
+        yield
+    except DataError:
+        raise
+    except KeyError as error:
+        raise DataError(f"{where}: missing field {error.args[0]!r}") from None
+    except (IndexError, TypeError, AttributeError, ValueError) as error:
+        raise DataError(f"{where}: unexpected content ({type(error).__name__}: {error})") from None

@@ -65,7 +65,10 @@ def load_globalopinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
         frame = read_csv(path, ["question", "selections", "options"])
         for row_number, row in enumerate(frame.itertuples(index=False), start=2):
             where = f"{path} row {row_number}"
-            options = [str(o) for o in parse_literal(row.options, f"{where} column 'options'")]
+            options = parse_literal(row.options, f"{where} column 'options'")
+            if not isinstance(options, list | tuple):
+                raise DataError(f"{where} column 'options': expected a list of option texts, got {options!r:.60}")
+            options = [str(o) for o in options]
             selections = parse_selections(row.selections, where)
             if len(options) < 2:
                 drops["questions with fewer than 2 options"] += 1
@@ -77,6 +80,11 @@ def load_globalopinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
                 if not isinstance(values, list | tuple) or len(values) != len(options):
                     drops["distributions whose length differs from the options"] += 1
                     continue
+                bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float) or v < 0]
+                if bad:
+                    raise DataError(
+                        f"{where} column 'selections', {country}: expected shares ≥ 0 (NaN is dropped), got {bad[0]!r}"
+                    )
                 target = normalize(np.asarray(values, dtype=float))
                 if target is None or not np.all(np.isfinite(target)):
                     drops["empty, zero-sum or non-finite distributions"] += 1

@@ -5,7 +5,6 @@ format makes each respondent of `responses.csv` a group (`W<wave>-<QKEY>`), one-
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -16,8 +15,8 @@ import pandas as pd
 
 from ..cards import TaskCard
 from ..data import DataError, Group, Item, TaskData, normalize
-from ..registry import LOADERS
-from .common import no_source_error, parse_literal, read_csv
+from ..registry import LOADERS, unknown_name
+from .common import check_count, no_source_error, parse_literal, read_csv, read_json, row_errors
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +24,32 @@ RELEASE = "opinionqa/human_resp"
 ROWS_FILE = "opinionqa-22groups/steerable_opinionqa_22groups.json"
 DISAGREEMENT = "Pew_American_Trends_Panel_disagreement_500"
 FORMATS = ("auto", "counts", "responses", "rows", "individual")
+UNKNOWN_OPTION = "(group, question) pairs whose counts name an option that is not in info.csv"
 
 
-def read_wave_questions(wave: Path, drops: Counter) -> dict[str, Item]:
-    """A wave's `info.csv` → items: the non-refusal options (those with an ordinal value)."""
+def read_wave_questions(wave: Path, drops: Counter, options: dict[str, tuple[str, ...]]) -> dict[str, Item]:
+    """A wave's `info.csv` → items: the non-refusal options (those with an ordinal value). `options`
+    receives every question's option texts, refusals included. A key on several rows that differ (the
+    release has a few: one key, one question text per race) cannot be tied to its answers: dropped, counted."""
     path = wave / "info.csv"
     frame = read_csv(path, ["key", "question", "references", "option_ordinal"])
-    items = {}
+    items, first_row, ambiguous = {}, {}, set()
     for row_number, row in enumerate(frame.itertuples(index=False), start=2):
         where = f"{path} row {row_number} ({row.key})"
+        content = (row.question, row.references, row.option_ordinal)
+        if row.key in first_row:
+            drops["info.csv rows repeating a question key"] += 1
+            if first_row[row.key] != content and row.key not in ambiguous:
+                ambiguous.add(row.key)
+                log.warning("%s: key %s names several different questions; dropped", path, row.key)
+            continue
+        first_row[row.key] = content
         references = parse_literal(row.references, f"{where} column 'references'")
-        ordinal = [float(v) for v in parse_literal(row.option_ordinal, f"{where} column 'option_ordinal'")]
+        if not isinstance(references, list | tuple) or not all(isinstance(r, str) for r in references):
+            raise DataError(f"{where} column 'references': expected a list of option texts, got {references!r:.80}")
+        with row_errors(f"{where} column 'option_ordinal'"):
+            ordinal = [float(v) for v in parse_literal(row.option_ordinal, f"{where} column 'option_ordinal'")]
+        options[row.key] = tuple(references)
         if len(ordinal) > len(references):
             raise DataError(f"{where}: {len(ordinal)} ordinal values for {len(references)} options")
         # OpinionQA gives ordinal values to the substantive options only; the rest are refusals.
@@ -44,7 +58,8 @@ def read_wave_questions(wave: Path, drops: Counter) -> dict[str, Item]:
             drops["questions with fewer than 2 ordered non-refusal options"] += 1
             continue
         items[row.key] = Item(row.key, row.question, candidates, tuple(ordinal))
-    return items
+    drops["questions whose key names several different info.csv rows"] += len(ambiguous)
+    return {key: item for key, item in items.items() if key not in ambiguous}
 
 
 def wave_folders(release: Path) -> list[Path]:
@@ -87,46 +102,76 @@ def add_target(
         group.respondents[item.id] = float(respondents)
 
 
-def load_counts(wave: Path, items: dict[str, Item], wanted: list[str], groups: dict, drops: Counter) -> None:
-    """`<ATTR>_data.json`: {question key: {group value: {option text: count}}}."""
+def load_counts(
+    wave: Path, items: dict[str, Item], options: dict, wanted: list[str], groups: dict, drops: Counter, seen: dict
+) -> None:
+    """`<ATTR>_data.json`: {question key: {group value: {option text: count}}}. A count that is not a
+    number ≥ 0 is an error; an option text that is not one of info.csv's drops the (group, question) pair
+    (counted and logged), as does a group value missing for a question. `seen` collects, per attribute,
+    the file and the group values found, to catch a misspelled group."""
     for attribute in sorted({split_group(g)[0] for g in wanted}):
         path = wave / f"{attribute}_data.json"
         if not path.exists():
             continue
-        try:
-            questions = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not valid JSON ({error})") from None
+        questions = read_json(path)
+        if not isinstance(questions, dict):
+            raise DataError(f"{path}: expected {{question key: {{group value: {{option: count}}}}}}")
         for key, per_value in questions.items():
+            if not isinstance(per_value, dict):
+                raise DataError(
+                    f"{path}: question {key}: expected {{group value: {{option: count}}}}, got {per_value!r:.60}"
+                )
+            seen.setdefault(attribute, (path, set()))[1].update(v for v, c in per_value.items() if isinstance(c, dict))
             item = items.get(key)
             if item is None:
                 continue
             for group_id in wanted:
                 attr, value = split_group(group_id)
-                if attr != attribute or value not in per_value:
+                if attr != attribute:
                     continue
+                if value not in per_value:
+                    drops["(group, question) pairs absent from the count file"] += 1
+                    continue
+                where = f"{path}: question {key} group {value!r}"
                 counts = per_value[value]
                 if not isinstance(counts, dict):
-                    raise DataError(f"{path}: question {key} group {value!r}: expected {{option: count}}")
-                weights = np.array([float(counts.get(option, 0.0)) for option in item.candidates])
+                    raise DataError(f"{where}: expected {{option: count}}, got {counts!r:.60}")
+                for option, count in counts.items():
+                    check_count(count, f"{where} option {option!r}")
+                unknown = [option for option in counts if option not in options[key]]
+                if unknown:
+                    drops[UNKNOWN_OPTION] += 1
+                    log.warning("%s: option %r is not an option of info.csv; pair dropped", where, unknown[0])
+                    continue
+                weights = np.array([counts.get(o, 0.0) for o in item.candidates], dtype=float)
                 add_target(groups, group_id, item, weights, drops, respondents=weights.sum())
 
 
-def load_responses(wave: Path, items: dict[str, Item], wanted: list[str], groups: dict, drops: Counter) -> None:
-    """`responses.csv`: one row per respondent, answers as option texts, `WEIGHT_W<wave>`."""
+def load_responses(
+    wave: Path, items: dict[str, Item], options: dict, wanted: list[str], groups: dict, drops: Counter, seen: dict
+) -> None:
+    """`responses.csv`: one row per respondent, answers as option texts, `WEIGHT_W<wave>`. Answers that
+    are none of info.csv's options are counted and left out."""
     path = wave / "responses.csv"
     weight_column = "WEIGHT_" + wave.name.rsplit("_", 1)[-1]
     frame = read_csv(path, [weight_column])
     weights = pd.to_numeric(frame[weight_column], errors="coerce")
-    if weights.isna().any():
-        row = int(weights.isna().to_numpy().argmax()) + 2
-        raise DataError(f"{path} row {row}: column {weight_column} is not a number")
+    if weights.isna().any() or (weights < 0).any():
+        row = int((weights.isna() | (weights < 0)).to_numpy().argmax()) + 2
+        raise DataError(f"{path} row {row}: column {weight_column} is not a number ≥ 0")
+    keys = [k for k in frame.columns if k in items]
+    for key in keys:
+        answers = frame[key]
+        drops["respondent answers that are none of the question's options"] += int(
+            (~answers.isin(options[key]) & answers.str.strip().ne("")).sum()
+        )
     for group_id in wanted:
         attribute, value = split_group(group_id)
         if attribute not in frame.columns:
             continue
+        seen.setdefault(attribute, (path, set()))[1].update(frame[attribute].unique())
         members = frame[attribute] == value
-        for key in (k for k in frame.columns if k in items):
+        for key in keys:
             item = items[key]
             answers = frame.loc[members, key]
             member_weights = weights[members]
@@ -137,7 +182,7 @@ def load_responses(wave: Path, items: dict[str, Item], wanted: list[str], groups
             add_target(groups, group_id, item, totals, drops, respondents=kish)
 
 
-def load_individuals(wave: Path, items: dict[str, Item], groups: dict, drops: Counter) -> None:
+def load_individuals(wave: Path, items: dict[str, Item], options: dict, groups: dict, drops: Counter) -> None:
     """`responses.csv` read per respondent: each person (`QKEY`) is a group, one-hot on its answer."""
     path = wave / "responses.csv"
     frame = read_csv(path, ["QKEY"])
@@ -146,8 +191,13 @@ def load_individuals(wave: Path, items: dict[str, Item], groups: dict, drops: Co
         person: dict[str, Group] = {}
         for key in (k for k in frame.columns if k in items):
             item = items[key]
-            if row[key] not in item.candidates:  # blank or a refusal
-                drops["respondent answers that are blank or a refusal"] += 1
+            if row[key] not in item.candidates:
+                known = row[key] in options[key] or not row[key].strip()
+                drops[
+                    "respondent answers that are blank or a refusal"
+                    if known
+                    else "respondent answers that are none of the question's options"
+                ] += 1
                 continue
             add_target(person, group_id, item, np.eye(len(item.candidates))[item.candidates.index(row[key])], drops)
         if group_id in person and len(person[group_id].targets) >= 2:
@@ -156,29 +206,43 @@ def load_individuals(wave: Path, items: dict[str, Item], groups: dict, drops: Co
             drops["respondents with fewer than 2 answers"] += 1
 
 
+def check_group_values(card: TaskCard, wanted: list[str], seen: dict) -> None:
+    """A group whose attribute is in the source but whose value appears nowhere is a misspelling: an error
+    with the closest values, not a group silently missing."""
+    for group_id in wanted:
+        attribute, value = split_group(group_id)
+        if attribute in seen and value not in seen[attribute][1]:
+            path, values = seen[attribute]
+            raise unknown_name(f"value of {attribute} (group {group_id!r} of {card.path}; in {path})", value, values)
+
+
 PROMPT_PATTERN = re.compile(r"^Question: (?P<question>.*)\nOptions: ", re.S)
 
 
 def load_rows(path: Path, wave_items: dict[str, Item], wanted: list[str], groups: dict, drops: Counter) -> None:
     """The 22-group rows file: question text + options matched to a wave question exactly."""
-    try:
-        rows = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a list of rows, got {type(rows).__name__}")
     by_text: dict[tuple, list[Item]] = {}
     for item in wave_items.values():
         by_text.setdefault((item.prompt, item.candidates), []).append(item)
     for index, row in enumerate(rows):
         where = f"{path} row {index}"
-        for field in ("question", "options", "attribute", "gold_distribution"):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with question, options, attribute, gold_distribution")
+        for field, types in (("question", str), ("options", list), ("attribute", str), ("gold_distribution", list)):
             if field not in row:
                 raise DataError(f"{where}: missing field {field!r}")
+            if not isinstance(row[field], types):
+                raise DataError(f"{where}: field {field!r} must be a {types.__name__}, got {row[field]!r:.60}")
         if row["attribute"] not in wanted:
             continue
         match = PROMPT_PATTERN.match(row["question"])
         if match is None:
             raise DataError(f"{where}: 'question' does not start with 'Question: …\\nOptions: '")
-        candidates = by_text.get((match["question"], tuple(row["options"])), [])
+        gold = [check_count(v, f"{where} field 'gold_distribution'") for v in row["gold_distribution"]]
+        candidates = by_text.get((match["question"], tuple(map(str, row["options"]))), [])
         if not candidates:
             drops["rows with no wave question of the same text and options"] += 1
             continue
@@ -189,7 +253,9 @@ def load_rows(path: Path, wave_items: dict[str, Item], wanted: list[str], groups
         if item.id in groups.get(row["attribute"], Group("")).targets:
             drops["duplicate (group, question) rows"] += 1
             continue
-        add_target(groups, row["attribute"], item, np.asarray(row["gold_distribution"], float), drops)
+        if len(gold) != len(item.candidates):
+            raise DataError(f"{where}: {len(gold)} values in 'gold_distribution' for {len(item.candidates)} options")
+        add_target(groups, row["attribute"], item, np.asarray(gold), drops)
 
 
 @LOADERS.register("opinionqa", "OpinionQA release: count files, weighted responses.csv, or the 22-group rows")
@@ -204,8 +270,10 @@ def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
     wanted = list(card.groups or [])
     waves = wave_folders(release)
     all_items: dict[str, Item] = {}
+    options: dict[str, tuple[str, ...]] = {}
+    seen: dict[str, tuple[Path, set]] = {}
     for wave in waves:
-        all_items.update(read_wave_questions(wave, drops))
+        all_items.update(read_wave_questions(wave, drops, options))
     if card.source.get("questions", "all") == "disagreement":
         keep = disagreement_keys(release)
         drops["questions outside the disagreement set"] += len(set(all_items) - keep)
@@ -223,12 +291,13 @@ def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
             wave_items = {k: v for k, v in all_items.items() if k.endswith("_" + wave.name.rsplit("_", 1)[-1])}
             if fmt == "individual":
                 if (wave / "responses.csv").exists():
-                    load_individuals(wave, wave_items, groups, drops)
+                    load_individuals(wave, wave_items, options, groups, drops)
             elif fmt == "responses":
                 if (wave / "responses.csv").exists():
-                    load_responses(wave, wave_items, wanted, groups, drops)
+                    load_responses(wave, wave_items, options, wanted, groups, drops, seen)
             else:
-                load_counts(wave, wave_items, wanted, groups, drops)
+                load_counts(wave, wave_items, options, wanted, groups, drops, seen)
+        check_group_values(card, wanted, seen)
     if fmt == "individual":
         wanted = sorted(groups)
     used = {item_id for g in groups.values() for item_id in g.targets}

@@ -21,7 +21,7 @@ from ..cards import TaskCard
 from ..data import DataError, Group, Item, TaskData
 from ..protocol import md5_seed
 from ..registry import LOADERS
-from .common import no_source_error
+from .common import no_source_error, row_errors
 
 EMPTY = {"", "EMPTY STRING"}
 
@@ -33,16 +33,24 @@ def read_split(data_dir: Path | None, relative: str, card: TaskCard, hub_split: 
             path = data_dir / (relative + suffix)
             if path.exists():
                 if suffix == ".parquet":
-                    return pd.read_parquet(path).to_dict("records")
+                    try:
+                        return pd.read_parquet(path).to_dict("records")
+                    except Exception as error:  # noqa: BLE001  (pyarrow raises many kinds)
+                        raise DataError(f"{path}: not a readable parquet file ({type(error).__name__})") from None
                 rows = []
-                for number, line in enumerate(path.read_text().splitlines(), start=1):
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataError(f"{path}: not UTF-8 text ({error})") from None
+                for number, line in enumerate(text.splitlines(), start=1):
                     if line.strip():
                         try:
                             rows.append(json.loads(line))
                         except json.JSONDecodeError as error:
                             raise DataError(f"{path} line {number}: not valid JSON ({error})") from None
-                for number, row in enumerate(rows, start=1):
-                    row["_where"] = f"{path} line {number}"
+                        if not isinstance(rows[-1], dict):
+                            raise DataError(f"{path} line {number}: expected a JSON object, got {line[:60]!r}")
+                        rows[-1]["_where"] = f"{path} line {number}"
                 return rows
     try:
         import datasets
@@ -113,15 +121,16 @@ def load_reddit_tldr(card: TaskCard, data_dir: Path | None) -> TaskData:
     for split, part in (("train", "train"), ("validation", "test")):
         for index, row in enumerate(read_split(data_dir, f"reddit_tldr/comparisons/{split}", card, split)):
             where = row.get("_where", f"{split} row {index}")
-            info = field(row, "info", dict)
-            summaries = field(row, "summaries", (list, np.ndarray))
-            choice = row.get("choice")
-            if choice not in (0, 1) or len(summaries) != 2:
-                raise DataError(f"{where}: expected 2 summaries and choice 0 or 1, got choice {choice!r}")
-            prompt = info.get("post") or info.get("article") or ""
-            chosen, rejected = summaries[choice]["text"], summaries[1 - choice]["text"]
-            pair_id = f"tldr-{split}-{index}"
-            builder.add(str(field(row, "worker", str)), pair_id, prompt, chosen, rejected, part)
+            with row_errors(where):
+                info = field(row, "info", dict)
+                summaries = field(row, "summaries", (list, np.ndarray))
+                choice = row.get("choice")
+                if choice not in (0, 1) or len(summaries) != 2:
+                    raise DataError(f"{where}: expected 2 summaries and choice 0 or 1, got choice {choice!r}")
+                prompt = info.get("post") or info.get("article") or ""
+                chosen, rejected = summaries[choice]["text"], summaries[1 - choice]["text"]
+                pair_id = f"tldr-{split}-{index}"
+                builder.add(str(field(row, "worker", str)), pair_id, prompt, chosen, rejected, part)
     return builder.task()
 
 
@@ -129,28 +138,30 @@ def load_reddit_tldr(card: TaskCard, data_dir: Path | None) -> TaskData:
 def load_prism(card: TaskCard, data_dir: Path | None) -> TaskData:
     settings = {"min_dialogs": 6, "seed": 0, **card.source}
     survey = read_split(data_dir, "prism/survey", card, "train")
-    active = {r["user_id"] for r in survey if r.get("num_completed_conversations", 0)}
+    active = {str(field(r, "user_id", str)) for r in survey if r.get("num_completed_conversations", 0)}
     dialogs: dict[str, list[tuple[str, list]]] = {}
     builder = PairBuilder(card)
     for row in read_split(data_dir, "prism/conversations", card, "train"):
-        user = str(field(row, "user_id", str))
-        if user not in active:
-            builder.drops["conversations of users with no completed conversation in the survey"] += 1
-            continue
-        turns: dict[int, dict] = {}
-        for message in field(row, "conversation_history", (list, np.ndarray)):
-            turn = turns.setdefault(int(message["turn"]), {"user": None, "chosen": None, "rejected": []})
-            if message["role"] == "user":
-                turn["user"] = message["content"]
-            elif message.get("if_chosen") and turn["chosen"] is None:
-                turn["chosen"] = message["content"]
-            elif not message.get("if_chosen"):
-                turn["rejected"].append(message["content"])
-        valid = [(n, t) for n, t in sorted(turns.items()) if t["user"] and t["chosen"] and t["rejected"]]
-        if not valid:
-            builder.drops["conversations without a turn holding a user message, a chosen and a rejected reply"] += 1
-            continue
-        dialogs.setdefault(user, []).append((str(field(row, "conversation_id", str)), valid))
+        where = row.get("_where", "a prism/conversations row") if isinstance(row, dict) else "a row"
+        with row_errors(where):
+            user = str(field(row, "user_id", str))
+            if user not in active:
+                builder.drops["conversations of users with no completed conversation in the survey"] += 1
+                continue
+            turns: dict[int, dict] = {}
+            for message in field(row, "conversation_history", (list, np.ndarray)):
+                turn = turns.setdefault(int(message["turn"]), {"user": None, "chosen": None, "rejected": []})
+                if message["role"] == "user":
+                    turn["user"] = message["content"]
+                elif message.get("if_chosen") and turn["chosen"] is None:
+                    turn["chosen"] = message["content"]
+                elif not message.get("if_chosen"):
+                    turn["rejected"].append(message["content"])
+            valid = [(n, t) for n, t in sorted(turns.items()) if t["user"] and t["chosen"] and t["rejected"]]
+            if not valid:
+                builder.drops["conversations without a turn holding a user message, a chosen and a rejected reply"] += 1
+                continue
+            dialogs.setdefault(user, []).append((str(field(row, "conversation_id", str)), valid))
     for user in sorted(dialogs):
         if len(dialogs[user]) < settings["min_dialogs"]:
             builder.drops[f"users with fewer than {settings['min_dialogs']} dialogs"] += 1
@@ -175,24 +186,25 @@ def load_chatbot_arena(card: TaskCard, data_dir: Path | None) -> TaskData:
     by_user: dict[str, list] = {}
     for index, row in enumerate(read_split(data_dir, "chatbot_arena/train", card, "train")):
         where = row.get("_where", f"train row {index}")
-        winner = field(row, "winner", str)
-        if winner not in ("model_a", "model_b", "tie", "tie (bothbad)"):
-            raise DataError(f"{where}: unknown winner {winner!r} (model_a, model_b, tie or tie (bothbad))")
-        if winner.startswith("tie"):
-            builder.drops["ties (task card: ties: drop)"] += 1
-            continue
-        a, b = (
-            list(field(row, "conversation_a", (list, np.ndarray))),
-            list(field(row, "conversation_b", (list, np.ndarray))),
-        )
-        if not a or not b or a[-1]["role"] != "assistant" or b[-1]["role"] != "assistant":
-            raise DataError(f"{where}: both conversations must end with an assistant turn")
-        chosen, rejected = (
-            (a[-1]["content"], b[-1]["content"]) if winner == "model_a" else (b[-1]["content"], a[-1]["content"])
-        )
-        by_user.setdefault(str(field(row, "judge", str)), []).append(
-            (f"arena-{row.get('question_id', index)}-{index}", chat_text(a[:-1]), chosen, rejected)
-        )
+        with row_errors(where):
+            winner = field(row, "winner", str)
+            if winner not in ("model_a", "model_b", "tie", "tie (bothbad)"):
+                raise DataError(f"{where}: unknown winner {winner!r} (model_a, model_b, tie or tie (bothbad))")
+            if winner.startswith("tie"):
+                builder.drops["ties (task card: ties: drop)"] += 1
+                continue
+            a, b = (
+                list(field(row, "conversation_a", (list, np.ndarray))),
+                list(field(row, "conversation_b", (list, np.ndarray))),
+            )
+            if not a or not b or a[-1]["role"] != "assistant" or b[-1]["role"] != "assistant":
+                raise DataError(f"{where}: both conversations must end with an assistant turn")
+            chosen, rejected = (
+                (a[-1]["content"], b[-1]["content"]) if winner == "model_a" else (b[-1]["content"], a[-1]["content"])
+            )
+            by_user.setdefault(str(field(row, "judge", str)), []).append(
+                (f"arena-{row.get('question_id', index)}-{index}", chat_text(a[:-1]), chosen, rejected)
+            )
     for user, pairs in sorted(by_user.items()):
         order = sorted(pairs)
         random.Random(md5_seed(user, settings["seed"])).shuffle(order)
@@ -208,16 +220,17 @@ def load_personal_reward_bench(card: TaskCard, data_dir: Path | None) -> TaskDat
     for split in ("train", "validation", "test"):
         for index, row in enumerate(read_split(data_dir, f"{folder}/{split}", card, split)):
             where = row.get("_where", f"{split} row {index}")
-            part = field(row, "split", str)
-            if part not in ("train", "val", "test"):
-                raise DataError(f"{where}: field 'split' must be train, val or test, got {part!r}")
-            prompt = chat_text(list(field(row, "context", (list, np.ndarray))))
-            chosen, rejected = field(row, "chosen", dict)["content"], field(row, "rejected", dict)["content"]
-            first = (1, 0) if row.get("flip") else (0, 1)
-            pair_id = f"{folder}-{split}-{row.get('conversation_id', index)}-{index}"
-            pool = "test" if part == "test" else "train"
-            builder.add(str(field(row, "user_id", str)), pair_id + "-first", prompt, chosen, rejected, pool, first)
-            builder.add(
-                str(field(row, "user_id", str)), pair_id + "-second", prompt, chosen, rejected, pool, first[::-1]
-            )
+            with row_errors(where):
+                part = field(row, "split", str)
+                if part not in ("train", "val", "test"):
+                    raise DataError(f"{where}: field 'split' must be train, val or test, got {part!r}")
+                prompt = chat_text(list(field(row, "context", (list, np.ndarray))))
+                chosen, rejected = field(row, "chosen", dict)["content"], field(row, "rejected", dict)["content"]
+                first = (1, 0) if row.get("flip") else (0, 1)
+                pair_id = f"{folder}-{split}-{row.get('conversation_id', index)}-{index}"
+                pool = "test" if part == "test" else "train"
+                builder.add(str(field(row, "user_id", str)), pair_id + "-first", prompt, chosen, rejected, pool, first)
+                builder.add(
+                    str(field(row, "user_id", str)), pair_id + "-second", prompt, chosen, rejected, pool, first[::-1]
+                )
     return builder.task(["each pair judged in both orders (flip gives the first)"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..files import write_atomic
 from ..metrics import item_score
 from ..protocol import Episode, derived_rng, draw_episode
 from ..registry import METHODS
@@ -241,8 +241,8 @@ class GPO(Method):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s["max_steps"])
         generator = torch.Generator().manual_seed(int(derived_rng("gpo-train", self.setup.seed).integers(2**63)))
         state = {"step": 0, "best_score": -math.inf, "best_step": 0, "best_model": None, "stale": 0, "history": []}
-        if self.setup.resume and self.checkpoint_path.exists():
-            saved = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        saved = self.load_checkpoint() if self.setup.resume and self.checkpoint_path.exists() else None
+        if saved is not None:
             self.model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
@@ -296,19 +296,48 @@ class GPO(Method):
         }
 
     def save_checkpoint(self, optimizer, scheduler, generator: torch.Generator, state: dict) -> None:
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "state": state,
-            },
-            tmp,
-        )
-        os.replace(tmp, self.checkpoint_path)
+        saved = {
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "state": state,
+            "trained_on": self.trained_on(),
+        }
+        write_atomic(self.checkpoint_path, lambda out: torch.save(saved, out))
+
+    def trained_on(self) -> dict:
+        """What a checkpoint must share with the run that resumes it: the data the method sees (the split's
+        view of the task), its settings and the seed."""
+        return {"data": self.setup.task.fingerprint(), "settings": self.settings, "seed": self.setup.seed}
+
+    def load_checkpoint(self) -> dict:
+        """The saved training state; a file that cannot be read, or one trained on other data, settings or
+        seed, is refused with a message naming the file and both sides."""
+        path, mine = self.checkpoint_path, self.trained_on()
+        try:
+            saved = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as error:  # noqa: BLE001  (truncated, foreign or not a torch file at all)
+            raise RuntimeError(
+                f"cannot resume from {path}: not a readable checkpoint ({type(error).__name__}: "
+                f"{str(error)[:160]}); delete it, or run without --resume (or with --force) to train from scratch"
+            ) from None
+        theirs = saved.get("trained_on") if isinstance(saved, dict) else None
+        if theirs != mine:
+            theirs = theirs or {}
+            keys = sorted(set(mine["settings"]) | set(theirs.get("settings") or {}))
+            settings = [
+                f"{k}={(theirs.get('settings') or {}).get(k)!r} vs {mine['settings'].get(k)!r}"
+                for k in keys
+                if (theirs.get("settings") or {}).get(k) != mine["settings"].get(k)
+            ]
+            raise RuntimeError(
+                f"cannot resume from {path}: it was trained on data {theirs.get('data')} (seed {theirs.get('seed')}), "
+                f"this run has data {mine['data']} (seed {mine['seed']})"
+                + (f"; settings differ (checkpoint vs this run): {', '.join(settings)}" if settings else "")
+                + "; delete it, or run without --resume (or with --force) to train from scratch"
+            )
+        return saved
 
     def validate(self) -> float:
         """Mean score over the validation groups, each with `validation_shots` fixed context items
