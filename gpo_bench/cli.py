@@ -1,4 +1,4 @@
-"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard` and `plot`."""
+"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard`, `plot` and `report`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,20 @@ import logging
 import sys
 from pathlib import Path
 
-from .cards import CardError, load_method_card, load_task_card, method_names, parse_overrides, task_names
+from .cards import (
+    CardError,
+    card_origin,
+    load_method_card,
+    load_task_card,
+    method_names,
+    parse_overrides,
+    task_names,
+)
 from .data import DataError
 from .encoders import ALIASES, DEFAULT_ENCODER
 from .loaders.common import DATA_ENV, resolve_data_dir
+from .plugins import INCLUDE_ENV, PluginError, add_include_paths
+from .plugins import load as load_plugins
 from .registry import UnknownNameError
 
 log = logging.getLogger("gpo_bench")
@@ -44,12 +54,15 @@ def float_list(text: str) -> tuple[float, ...]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    load_plugins()  # so a broken plugin module is reported here too
     print("tasks:")
     for name in task_names():
-        print(f"  {name:<22} {load_task_card(name).description}")
+        card = load_task_card(name)
+        print(f"  {name:<22} {card.description} [{card_origin(card.path)}]")
     print("methods:")
     for name in method_names():
-        print(f"  {name:<22} {load_method_card(name).description}")
+        card = load_method_card(name)
+        print(f"  {name:<22} {card.description} [{card_origin(card.path)}]")
     print("encoders:")
     for name, description in ALIASES.items():
         print(f"  {name:<22} {description}")
@@ -148,6 +161,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+class CommonFlags:
+    """Subparsers whose every parser (and nested subparser) also takes the common flags (`--include-path`)."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+        self.subparsers, self.parent = subparsers, parent
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.subparsers.add_parser(name, parents=[self.parent], **kwargs)
+
+
 def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags `run` and `sweep` share: where data, results and caches live, and the device."""
     parser.add_argument(
@@ -171,13 +194,30 @@ def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def include_parser() -> argparse.ArgumentParser:
+    """The `--include-path` flag every command takes (a parent parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--include-path",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="your own task cards (DIR/tasks/*.yaml), method cards (DIR/baselines/*.yaml) and Python modules "
+        f"(DIR/*.py, imported to register loaders and methods); repeatable; also ${INCLUDE_ENV}",
+    )
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = include_parser()
     parser = argparse.ArgumentParser(
         prog="gpo-bench",
         description="Few-shot group and personalized preference alignment: GPO side by side with baselines.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub = CommonFlags(sub, common)
 
     sub.add_parser("list", help="list tasks, methods and encoders").set_defaults(func=cmd_list)
 
@@ -315,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.set_defaults(func=cmd_leaderboard)
 
-    plot = sub.add_parser("plot", help="plots from the run folders, PNG and SVG under OUTPUT/plots/")
-    kinds = plot.add_subparsers(dest="kind", required=True)
+    plot = sub.subparsers.add_parser("plot", help="plots from the run folders, PNG and SVG under OUTPUT/plots/")
+    kinds = CommonFlags(plot.add_subparsers(dest="kind", required=True), common)
     shots = kinds.add_parser("shots", help="headline metric against K per method, CI bands, one panel per task")
     shots.add_argument(
         "--task", type=str_list, default=None, help="tasks, one panel each (comma-separated; default: all run)"
@@ -350,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        add_include_paths(args.include_path)
         return args.func(args)
-    except (DataError, CardError, UnknownNameError, RuntimeError) as error:
+    except (DataError, CardError, PluginError, UnknownNameError, RuntimeError) as error:
         print(f"gpo-bench: error: {error}", file=sys.stderr)
         return 2
 

@@ -43,6 +43,7 @@ class Group:
     id: str
     targets: dict[str, np.ndarray] = field(default_factory=dict)
     partition: dict[str, str] = field(default_factory=dict)  # item id → "train" | "test"
+    respondents: dict[str, int] = field(default_factory=dict)  # item id → people behind the target, if known
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TaskData:
                 group_id,
                 {i: source.targets[i] for i in keep},
                 {i: source.partition[i] for i in keep if i in source.partition},
+                {i: source.respondents[i] for i in keep if i in source.respondents},
             )
         return TaskData(self.name, self.metric, self.items, groups, self.drops, self.notes)
 
@@ -93,6 +95,8 @@ class TaskData:
             for item_id, target in sorted(group.targets.items()):
                 digest.update(f"{group_id}\0{item_id}\0{group.partition.get(item_id, '')}\0".encode())
                 digest.update(np.round(target, 10).astype(np.float64).tobytes())
+                if item_id in group.respondents:  # only where given, so other tasks keep their fingerprints
+                    digest.update(f"n={group.respondents[item_id]}".encode())
         return digest.hexdigest()[:16]
 
 
