@@ -171,6 +171,16 @@ class CommonFlags:
         return self.subparsers.add_parser(name, parents=[self.parent], **kwargs)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    index = report.write_report(args.output_dir, args.report_dir)
+    print(f"wrote {index} (open it in a browser; no network needed)", flush=True)
+    if args.serve is not None:
+        report.serve(index.parent, args.serve)
+    return 0
+
+
 def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags `run` and `sweep` share: where data, results and caches live, and the device."""
     parser.add_argument(
@@ -354,6 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="K shown in every column (default: 20 where a column has it, else its largest K)",
     )
     board.set_defaults(func=cmd_leaderboard)
+
+    report = sub.add_parser(
+        "report", help="a static web report of the run folders: boards, plots, runs and their predictions"
+    )
+    report.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="folder holding runs/ (default results)"
+    )
+    report.add_argument(
+        "--report-dir", type=Path, default=None, help="where the site is written (default OUTPUT/report)"
+    )
+    report.add_argument(
+        "--serve", type=int, default=None, metavar="PORT", help="then serve it on http://127.0.0.1:PORT/ (0: any port)"
+    )
+    report.set_defaults(func=cmd_report)
 
     plot = sub.subparsers.add_parser("plot", help="plots from the run folders, PNG and SVG under OUTPUT/plots/")
     kinds = CommonFlags(plot.add_subparsers(dest="kind", required=True), common)

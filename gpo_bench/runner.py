@@ -1,5 +1,6 @@
 """One run: a (task, method, encoder, split, shots, seeds) spec → `runs/<run-id>/` holding
-`predictions.jsonl` and `result.json`, both written atomically; a run is complete when its
+`predictions.jsonl`, `items.jsonl` (the predicted items' prompts and candidates, for the web report) and
+`result.json`, all written atomically; a run is complete when its
 `result.json` exists, and running the same spec again reuses it unless forced."""
 
 from __future__ import annotations
@@ -306,6 +307,13 @@ def execute(
         "git": git_state(),
     }
     write_atomic(run_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    predicted = [task.items[i] for i in sorted({r["item"] for r in rows})]
+    write_atomic(
+        run_dir / "items.jsonl",
+        "".join(
+            json.dumps({"item": i.id, "prompt": i.prompt, "candidates": list(i.candidates)}) + "\n" for i in predicted
+        ),
+    )
     write_atomic(result_path, json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", run_dir)
     return result
