@@ -50,7 +50,7 @@ def _payload(key: str, data: object) -> str:
 
 
 def _write(dest: Path, relative: str, data: object) -> str:
-    write_atomic(dest / relative, _payload(relative, data))
+    write_atomic(dest / relative, _payload(relative, data), sync=False)
     return relative
 
 
@@ -77,7 +77,9 @@ def task_board(runs: list[Run]) -> tuple[list[dict], list[dict]]:
         for shots in sorted(set().union(*(r.shots(subset) for r in cell_runs))):
             stats = cell_stats(cell_runs, shots, subset)
             if stats is not None:
-                used = [r.folder.name for r in cell_runs if (shots, subset) in r.per_group]
+                used = [
+                    r.folder.name for r in sorted(cell_runs, key=lambda r: r.seeds) if (shots, subset) in r.per_group
+                ]
                 board.append(
                     {"method": row, "train_frac": frac, "subset": subset, "shots": shots, **_stats(stats), "runs": used}
                 )
@@ -133,7 +135,9 @@ def run_files(dest: Path, run: Run) -> dict:
     pages: dict[tuple[int, int], list] = defaultdict(list)
     predictions = run.folder / "predictions.jsonl"
     for row in _read_jsonl(predictions) if predictions.exists() else []:
-        score = item_score(metric, row["pred"], row["target"], row.get("ordinal"), f"{predictions} {row['item']}")
+        score = row.get("score")  # runs written before predictions.jsonl kept it: computed here
+        if score is None:
+            score = item_score(metric, row["pred"], row["target"], row.get("ordinal"), f"{predictions} {row['item']}")
         pages[(row["shots"], row["seed"])].append(
             [
                 row["group"],

@@ -138,15 +138,17 @@ def cell_metrics(metric: str, records: list[tuple[int, str, str, float]]) -> dic
     return cell
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+def write_atomic(path: Path, text: str, sync: bool = True) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file. `sync=False`
+    skips flushing to disk, for files that can be made again (the web report's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as out:
             out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
@@ -267,7 +269,7 @@ def execute(
             for episode, preds in zip(episodes, predictions, strict=True):
                 used_shots.setdefault(str(shots), {})[episode.group] = len(episode.context)
                 for row in prediction_rows(task, resolved["method"], episode, preds, split.role(episode.group)):
-                    scores[shots].append((seed, episode.group, row["split"], row.pop("score")))
+                    scores[shots].append((seed, episode.group, row["split"], row["score"]))
                     rows.append(row)
             progress.update()
         reports[str(seed)] = method.report()

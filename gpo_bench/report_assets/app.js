@@ -148,7 +148,10 @@
         key: "runs",
         label: "runs",
         value: (r) => r.runs.length,
-        render: (r) => r.runs.map((id) => [link(["run", data.task, id], "seed " + (seedsOf[id] || []).join(",")), " "]),
+        render: (r) => [
+          r.runs.slice(0, 5).map((id) => [link(["run", data.task, id], "seed " + (seedsOf[id] || []).join(",")), " "]),
+          r.runs.length > 5 ? "+" + (r.runs.length - 5) + " more (Runs, below)" : null,
+        ],
       },
     ];
     const table = sortableTable(columns, 500);
@@ -267,7 +270,7 @@
   function curve(fit) {
     const series = Object.entries(fit || {}).filter(([, f]) => Array.isArray(f.history) && f.history.length);
     if (!series.length) return null;
-    const W = 560, H = 240, L = 56, B = 36, T = 12, R = 12;
+    const W = 560, H = 240, L = 64, B = 36, T = 12, R = 12;
     const points = series.flatMap(([, f]) => f.history);
     const xs = points.map((p) => p[0]);
     const ys = points.map((p) => p[2]).filter(Number.isFinite);
@@ -292,17 +295,19 @@
     add("text", { x: L, y: H - 18, "font-size": 11 }, String(x0));
     add("text", { x: W - R, y: H - 18, "font-size": 11, "text-anchor": "end" }, String(x1));
     add("text", { x: (W + L) / 2, y: H - 4, "font-size": 11, "text-anchor": "middle" }, "training step");
-    add("text", { x: L - 4, y: T + 10, "font-size": 11, "text-anchor": "end" }, f3(y1));
-    add("text", { x: L - 4, y: H - B, "font-size": 11, "text-anchor": "end" }, f3(y0));
+    const digits = Math.max(3, Math.ceil(-Math.log10(y1 - y0)) + 1);
+    add("text", { x: L - 4, y: T + 10, "font-size": 11, "text-anchor": "end" }, y1.toFixed(digits));
+    add("text", { x: L - 4, y: H - B, "font-size": 11, "text-anchor": "end" }, y0.toFixed(digits));
     const colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"];
+    const legend = [];
     series.forEach(([seed, f], i) => {
       const color = colors[i % colors.length];
       const ok = f.history.filter((p) => Number.isFinite(p[2]));
       add("polyline", { points: ok.map((p) => sx(p[0]) + "," + sy(p[2])).join(" "), fill: "none", stroke: color, "stroke-width": 2 });
       ok.forEach((p) => add("circle", { cx: sx(p[0]), cy: sy(p[2]), r: 2.5, fill: color }));
-      add("text", { x: W - R - 4, y: T + 12 + 14 * i, "font-size": 11, "text-anchor": "end", fill: color }, "seed " + seed + (f.best_step != null ? " (best step " + f.best_step + ")" : ""));
+      legend.push(el("span", { style: "color:" + color }, "■ seed " + seed + (f.best_step != null ? " (best step " + f.best_step + ")" : "")));
     });
-    return el("div", {}, el("p", { class: "note" }, "Validation score (mean over the validation groups) during training, per seed."), svg);
+    return el("div", {}, el("p", { class: "note" }, "Validation score (mean over the validation groups) during training, per seed."), svg, el("div", { class: "legend note" }, legend));
   }
 
   function metricsTable(result) {
