@@ -1,5 +1,6 @@
-"""Task cards (`tasks/*.yaml`) and method cards (`baselines/*.yaml`): finding, loading and
-validating them, so a wrong key or type names the card and the field."""
+"""Task cards (`tasks/*.yaml`) and method cards (`baselines/*.yaml`): finding them (built in, then in the
+include folders and plugin packages of `gpo_bench.plugins`), loading and validating them, so a wrong key
+or type names the card and the field."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .plugins import card_roots
 from .protocol import PERSONALIZED_DEFAULTS, PROTOCOLS
 from .registry import unknown_name
 
@@ -274,8 +276,28 @@ def read_yaml(path: Path) -> Any:
         raise CardError(f"{path}: cannot read it as YAML ({' '.join(str(error).split())})") from None
 
 
+CARD_KINDS = {"tasks": "task", "baselines": "method"}
+
+
 def _card_paths(kind: str) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(cards_dir(kind).glob("*.yaml"))}
+    """Card name → file: the built-in cards, then those of the include folders and plugins; a name found
+    twice is an error naming both files."""
+    found = {p.stem: p for p in sorted(cards_dir(kind).glob("*.yaml"))}
+    for root, origin in card_roots():
+        for path in sorted((root / kind).glob("*.yaml")):
+            if path.stem in found:
+                raise CardError(
+                    f"{path} ({origin}) defines the {CARD_KINDS[kind]} card {path.stem!r}, "
+                    f"which {found[path.stem]} already defines; rename one (a card's name is its file name)"
+                )
+            found[path.stem] = path
+    return found
+
+
+def card_origin(path: str | Path) -> str:
+    """'built-in' for the package's own cards, else the card file's path."""
+    path = Path(path)
+    return "built-in" if path.parent == cards_dir(path.parent.name) else str(path)
 
 
 def task_names() -> list[str]:

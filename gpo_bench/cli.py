@@ -1,4 +1,4 @@
-"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard`, `compare` and `plot`."""
+"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard`, `compare`, `plot` and `report`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .cards import (
     SPEC_LIMITS,
     CardError,
     Limit,
+    card_origin,
     load_method_card,
     load_task_card,
     method_names,
@@ -24,6 +25,8 @@ from .cards import (
 from .data import DataError
 from .encoders import ALIASES, DEFAULT_ENCODER
 from .loaders.common import DATA_ENV, resolve_data_dir
+from .plugins import INCLUDE_ENV, PluginError, add_include_paths
+from .plugins import load as load_plugins
 from .registry import UnknownNameError
 
 log = logging.getLogger("gpo_bench")
@@ -59,12 +62,15 @@ def str_list(text: str) -> tuple[str, ...]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    load_plugins()  # so a broken plugin module is reported here too
     print("tasks:")
     for name in task_names():
-        print(f"  {name:<22} {load_task_card(name).description}")
+        card = load_task_card(name)
+        print(f"  {name:<22} {card.description} [{card_origin(card.path)}]")
     print("methods:")
     for name in method_names():
-        print(f"  {name:<22} {load_method_card(name).description}")
+        card = load_method_card(name)
+        print(f"  {name:<22} {card.description} [{card_origin(card.path)}]")
     print("encoders:")
     for name, description in ALIASES.items():
         print(f"  {name:<22} {description}")
@@ -218,6 +224,26 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+class CommonFlags:
+    """Subparsers whose every parser (and nested subparser) also takes the common flags (`--include-path`)."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+        self.subparsers, self.parent = subparsers, parent
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.subparsers.add_parser(name, parents=[self.parent], **kwargs)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    index = report.write_report(args.output_dir, args.report_dir)
+    print(f"wrote {index} (open it in a browser; no network needed)", flush=True)
+    if args.serve is not None:
+        report.serve(index.parent, args.serve)
+    return 0
+
+
 def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags `run` and `sweep` share: where data, results and caches live, and the device."""
     parser.add_argument(
@@ -241,7 +267,23 @@ def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def include_parser() -> argparse.ArgumentParser:
+    """The `--include-path` flag every command takes (a parent parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--include-path",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="your own task cards (DIR/tasks/*.yaml), method cards (DIR/baselines/*.yaml) and Python modules "
+        f"(DIR/*.py, imported to register loaders and methods); repeatable; also ${INCLUDE_ENV}",
+    )
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
+    common = include_parser()
     parser = argparse.ArgumentParser(
         prog="gpo-bench",
         description="Few-shot group and personalized preference alignment: GPO side by side with baselines.",
@@ -249,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub = CommonFlags(sub, common)
 
     sub.add_parser("list", help="list tasks, methods and encoders").set_defaults(func=cmd_list)
 
@@ -447,8 +490,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(func=cmd_compare)
 
-    plot = sub.add_parser("plot", help="plots from the run folders, PNG and SVG under OUTPUT/plots/")
-    kinds = plot.add_subparsers(dest="kind", required=True)
+    report = sub.add_parser(
+        "report", help="a static web report of the run folders: boards, plots, runs and their predictions"
+    )
+    report.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="folder holding runs/ (default results)"
+    )
+    report.add_argument(
+        "--report-dir", type=Path, default=None, help="where the site is written (default OUTPUT/report)"
+    )
+    report.add_argument(
+        "--serve", type=int, default=None, metavar="PORT", help="then serve it on http://127.0.0.1:PORT/ (0: any port)"
+    )
+    report.set_defaults(func=cmd_report)
+
+    plot = sub.subparsers.add_parser("plot", help="plots from the run folders, PNG and SVG under OUTPUT/plots/")
+    kinds = CommonFlags(plot.add_subparsers(dest="kind", required=True), common)
     shots = kinds.add_parser("shots", help="headline metric against K per method, CI bands, one panel per task")
     shots.add_argument(
         "--task", type=str_list, default=None, help="tasks, one panel each (comma-separated; default: all run)"
@@ -483,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # A user's mistake or the machine's state (bad data, a card, a name, a file or folder that cannot be read or
 # written, a locked cache): one line and exit code 2. Anything else is a bug: one line, exit 1, --debug for more.
-EXPECTED_ERRORS = (DataError, CardError, UnknownNameError, OSError, sqlite3.Error, RuntimeError)
+EXPECTED_ERRORS = (DataError, CardError, PluginError, UnknownNameError, OSError, sqlite3.Error, RuntimeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        add_include_paths(args.include_path)
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:

@@ -27,9 +27,10 @@ def path_error(error: OSError, path: Path) -> OSError:
     return OSError(error.errno, error.strerror or str(error), str(path))
 
 
-def write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> None:
+def write_atomic(path: Path, content: str | Callable[[IO[bytes]], None], sync: bool = True) -> None:
     """Write text (or let `content` write bytes) to a uniquely named temporary file beside `path`, then
-    rename: readers never see half a file and concurrent writers never share a temporary file."""
+    rename: readers never see half a file and concurrent writers never share a temporary file. `sync=False`
+    skips flushing to disk, for files that can be made again (the web report's)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX)
@@ -41,8 +42,9 @@ def write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> None
                 out.write(content.encode())
             else:
                 content(out)
-            out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     except OSError as error:

@@ -31,8 +31,8 @@ import yaml
 from .cards import CardError, load_method_card
 from .data import DataError
 from .encoders import DEFAULT_ENCODER, EncoderSpec
+from .files import write_atomic
 from .registry import UnknownNameError
-from .runner import write_atomic
 from .stats import BOOTSTRAP_SAMPLES, CI_LEVEL, PairedDifference, bootstrap_ci, paired_difference, pooled_bootstrap_ci
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """One run: a (task, method, encoder, split, shots, seeds) spec → `runs/<run-id>/` holding
-`predictions.jsonl` and `result.json`, both written atomically under the run folder's lock. A run is
-finished when its `result.json` parses, follows `result.schema.json`, and names the predictions.jsonl
-beside it by line count and sha256; running the same spec again reuses a finished run on the same data
-unless forced, and runs anything else again, saying why."""
+`predictions.jsonl`, `items.jsonl` (the predicted items' prompts and candidates, for the web report) and
+`result.json`, all written atomically under the run folder's lock. A run is finished when its `result.json`
+parses, follows `result.schema.json`, and names the predictions.jsonl beside it by line count and sha256;
+running the same spec again reuses a finished run on the same data unless forced, and runs anything else
+again, saying why."""
 
 from __future__ import annotations
 
@@ -422,7 +423,7 @@ def _execute(
                     used_shots.setdefault(str(shots), {})[episode.group] = len(episode.context)
                     role = split.role(episode.group)
                     for row in prediction_rows(task, resolved["method"], episode, preds, role, ties):
-                        scores[shots].append((seed, episode.group, row["split"], row.pop("score")))
+                        scores[shots].append((seed, episode.group, row["split"], row["score"]))
                         rows.append(row)
                 progress.update()
             reports[str(seed)] = method.report()
@@ -481,6 +482,13 @@ def _execute(
         text = json.dumps(result, indent=2, allow_nan=False) + "\n"
     except ValueError:
         raise RuntimeError(f"{rid}: the result holds NaN or infinity, which JSON cannot hold") from None
+    predicted = [task.items[i] for i in sorted({r["item"] for r in rows})]
+    write_atomic(
+        run_dir / "items.jsonl",
+        "".join(
+            json.dumps({"item": i.id, "prompt": i.prompt, "candidates": list(i.candidates)}) + "\n" for i in predicted
+        ),
+    )
     write_atomic(run_dir / RESULT_FILE, text)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier failure of this run is no longer true
     log.info("wrote %s", run_dir)

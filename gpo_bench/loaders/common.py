@@ -1,5 +1,6 @@
-"""What every loader shares: where data is read from, safe parsing of Python-literal strings,
-reading tables and JSON with errors that name the file and row, and the check of count values."""
+"""What every loader shares: where data is read from (the data folder, or the file a card names), safe
+parsing of Python-literal strings, reading tables (CSV, parquet, JSON lines) and JSON with errors that name
+the file and row, and the check of count values."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..cards import TaskCard
 from ..data import DataError
 
 DATA_ENV = "GPO_BENCH_DATA"
@@ -98,3 +100,62 @@ def row_errors(where: str) -> Iterator[None]:
         raise DataError(f"{where}: missing field {error.args[0]!r}") from None
     except (IndexError, TypeError, AttributeError, ValueError) as error:
         raise DataError(f"{where}: unexpected content ({type(error).__name__}: {error})") from None
+
+
+def source_file(card: TaskCard, data_dir: Path | None) -> Path:
+    """The file a card's `source.file` names: absolute, else inside `--data-dir` where it is there, else
+    beside the card; the error names the card and every place looked at."""
+    name = card.source.get("file")
+    if not isinstance(name, str) or not name:
+        raise DataError(
+            f"{card.path}: the {card.loader!r} loader needs 'source: {{file: PATH}}' (CSV, JSONL or parquet)"
+        )
+    candidates = [Path(name).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates = ([data_dir / name] if data_dir else []) + [Path(card.path).parent / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise DataError(f"{card.path}: source file {name!r} not found (looked at {', '.join(map(str, candidates))})")
+
+
+def is_blank(value: Any) -> bool:
+    """An empty cell: None, NaN, or text that is only whitespace."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
+
+
+def read_rows(path: Path, required: list[str]) -> Iterator[tuple[str, dict]]:
+    """(where, row) of a CSV, parquet or JSON-lines file; `where` names the file and the row (CSV: its line,
+    the header being line 1; parquet: its 1-based row; JSON lines: its line). Required columns (fields of every
+    JSON line) are checked; the error names what is missing."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: not valid JSON ({error})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            missing = [c for c in required if c not in row]
+            if missing:
+                raise DataError(f"{where}: missing field(s) {missing}; has {sorted(row)}")
+            yield where, row
+        return
+    if suffix == ".csv":
+        frame, first = read_csv(path, required), 2
+    elif suffix == ".parquet":
+        try:
+            frame, first = pd.read_parquet(path), 1
+        except ImportError as error:
+            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow): {error}") from None
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; has {list(frame.columns)[:12]}")
+    else:
+        raise DataError(f"{path}: expected a .csv, .parquet or .jsonl file")
+    for number, row in enumerate(frame.to_dict("records"), start=first):
+        yield f"{path} row {number}", row
