@@ -177,11 +177,15 @@ SPEC_LIMITS: dict[str, Limit] = {
 }
 
 
-def check_setting(key: str, value: Any, where: str) -> Any:
-    """A setting's value checked against SETTINGS; `where` says where it came from (card file or --set)."""
-    if key not in SETTINGS:
+def check_setting(key: str, value: Any, where: str, card_value: Any, card_path: str | Path) -> Any:
+    """A setting's value checked against SETTINGS; `where` says where it came from (card file or --set). A card
+    from an include folder or plugin may bring settings of its own: those are typed by the card's own value."""
+    if key in SETTINGS:
+        return SETTINGS[key].check(value, f"{where}: setting {key!r}")
+    if card_origin(card_path) == "built-in":
         raise CardError(f"{where}: setting {key!r} has no declared type and range (add it to cards.SETTINGS)")
-    return SETTINGS[key].check(value, f"{where}: setting {key!r}")
+    kind = object if card_value is None else float if isinstance(card_value, float) else type(card_value)
+    return Limit(kind, item=object if kind is list else None).check(value, f"{where}: setting {key!r}")
 
 
 def _validate(raw: Any, fields: dict, path: Path) -> dict[str, Any]:
@@ -264,7 +268,7 @@ class MethodCard:
     def from_file(cls, path: Path) -> MethodCard:
         card = _validate(read_yaml(path), METHOD_FIELDS, path)
         for key, value in card["settings"].items():
-            check_setting(key, value, str(path))
+            check_setting(key, value, str(path), value, path)
         return cls(**card, path=str(path))
 
 
@@ -343,5 +347,5 @@ def apply_overrides(settings: dict, overrides: dict[str, Any], card: MethodCard)
     for key, value in overrides.items():
         if key not in merged:
             raise unknown_name(f"setting of method card {card.path}", key, list(merged))
-        merged[key] = check_setting(key, value, f"--set {key}={value!r} ({card.path})")
+        merged[key] = check_setting(key, value, f"--set {key}={value!r} ({card.path})", merged[key], card.path)
     return merged

@@ -836,7 +836,9 @@ def test_a_later_success_removes_the_error_and_temp_files(tmp_path, capsys, capl
     (folder / "error.json").write_text('{"error": "an old failure"}')
     (folder / ".result.json.12345.abcd.tmp").write_text("{half")
     code, text = call(capsys, caplog, argv)
-    left = sorted(p.name for p in folder.iterdir() if p.name not in ("result.json", "predictions.jsonl", ".lock"))
+    left = sorted(
+        p.name for p in folder.iterdir() if p.name not in ("result.json", "predictions.jsonl", "items.jsonl", ".lock")
+    )
     check("clear" if code == 0 and not left else "silent", f"{code} {left} {text}")
 
 
