@@ -252,12 +252,23 @@ def execute(
     rows, scores, fits, reports, used_shots = [], {k: [] for k in resolved["shots"]}, {}, {}, {}
     timings["fit_s"] = timings["predict_s"] = 0.0
     progress = tqdm(total=len(resolved["seeds"]) * len(resolved["shots"]), desc=rid, unit="cell")
-    for seed in resolved["seeds"]:
-        setup = Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
-        method = implementation(resolved["settings"], setup)
+    setups = [
+        Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
+        for seed in resolved["seeds"]
+    ]
+    fitted = None
+    if len(setups) > 1 and hasattr(implementation, "fit_seeds"):  # trains all seeds at once
         tick = time.perf_counter()
-        fits[str(seed)] = method.fit()
+        fitted = implementation.fit_seeds(resolved["settings"], setups)
         timings["fit_s"] += time.perf_counter() - tick
+    for n, (seed, setup) in enumerate(zip(resolved["seeds"], setups, strict=True)):
+        if fitted:
+            method, fits[str(seed)] = fitted[n]
+        else:
+            method = implementation(resolved["settings"], setup)
+            tick = time.perf_counter()
+            fits[str(seed)] = method.fit()
+            timings["fit_s"] += time.perf_counter() - tick
         for shots in resolved["shots"]:
             episodes = [draw_episode(task, group, shots, seed, split) for group in split.test]
             tick = time.perf_counter()
