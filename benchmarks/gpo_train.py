@@ -142,9 +142,9 @@ def authors_frame(task: TaskData, features: Features, groups: list[str]):
 class Ours:
     """gpo-bench's GPO on the OpinionQA-shaped data, with its optimizer and sampling stream."""
 
-    def __init__(self, task: TaskData, features: Features, split, device: str) -> None:
+    def __init__(self, task: TaskData, features: Features, split, device: str, bf16: bool = False) -> None:
         self.task, self.split = task, split
-        settings = load_method_card("gpo").settings
+        settings = dict(load_method_card("gpo").settings, bf16=bf16)
         self.gpo = GPO(settings, Setup(task, split, 0, device, Path("/tmp/gpo-bench-benchmark"), features))
         self.optimizer = torch.optim.Adam(self.gpo.model.parameters(), lr=settings["lr"])
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=200_000)
@@ -226,10 +226,10 @@ def build(side: str, repo: Path, device: str):
     return Ours(task, features, split, device) if side == "gpo-bench" else Theirs(task, features, split, device, repo)
 
 
-def side_by_side(repo: Path, device: str, steps: int, eval_groups: int) -> None:
+def side_by_side(repo: Path, device: str, steps: int, eval_groups: int, bf16: bool) -> None:
     task, features = opinionqa_shaped()
     split = split_groups(sorted(task.groups), 0.4, 0.2, 0)
-    ours, theirs = Ours(task, features, split, device), Theirs(task, features, split, device, repo)
+    ours, theirs = Ours(task, features, split, device, bf16), Theirs(task, features, split, device, repo)
     timed = {"ours": [], "theirs": []}
     for step in range(steps + 3):
         for name, side in (("ours", ours), ("theirs", theirs)):
@@ -250,6 +250,7 @@ def side_by_side(repo: Path, device: str, steps: int, eval_groups: int) -> None:
     print(
         f"\n== OpinionQA shapes on {device}, {torch.get_num_threads()} thread(s): {len(task.groups)} groups "
         f"({len(split.train)} meta-train, {n_test} test), {len(task.items)} items, d = {features.dim}{stubbed}"
+        f"; ours in {'bfloat16 autocast' if bf16 else 'float32'}, theirs in float32"
     )
     print(f"{'':34}{'gpo-bench':>12}{'authors':>12}{'ratio':>8}")
     print(f"{'training step, median ms':34}{ms['ours']:12.0f}{ms['theirs']:12.0f}{ms['theirs'] / ms['ours']:7.1f}x")
@@ -307,10 +308,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--authors-eval-groups", type=int, default=1, help="test groups their evaluation is timed on")
+    parser.add_argument("--bf16", action="store_true", help="ours with bfloat16 autocast (the gpo card's bf16)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    side_by_side(args.authors_repo, args.device, args.steps, args.authors_eval_groups)
+    side_by_side(args.authors_repo, args.device, args.steps, args.authors_eval_groups, args.bf16)
     if not args.no_memory:
         memory_report(args.authors_repo, args.device, args.steps)
 
