@@ -2,7 +2,8 @@
 ensemble), at OpinionQA shapes (22 groups x 500 items with 2-5 options, d = 4096 random features,
 40% meta-train), the device's peak memory, and the projected wall time of the paper's budget
 (`gpo-paper`: 200,000 steps; validation passes not included). `--attention` also times one
-forward + backward with the per-group attention loop against one attention call per layer.
+forward + backward with loops over seeds and groups against the batched layout (batched matmuls,
+one attention call per layer).
 
     python benchmarks/gpo_gpu.py                        # CUDA; on a machine without it: says so, exit 2
     python benchmarks/gpo_gpu.py --device cpu --steps 5 --seeds 1,3   # the same code on the CPU
@@ -37,6 +38,7 @@ def ensemble(n_seeds: int, settings: dict, device: str, scratch: Path) -> tuple[
         GPO(settings, Setup(task, split, seed, device, scratch / f"seed{seed}", features)) for seed in range(n_seeds)
     ]
     model = GPOEnsemble([m.model.network(0) for m in members]).to(members[0].device)
+    model.batched = members[0].model.batched
     return members, model
 
 
@@ -62,14 +64,14 @@ def steps_per_second(n_seeds: int, settings: dict, device: str, steps: int, scra
 
 
 def attention_paths(settings: dict, device: str, repeats: int, scratch: Path) -> dict[str, float]:
-    """ms per forward + backward on one 3-seed batch: per-group loop vs one attention call per layer."""
+    """ms per forward + backward on one 3-seed batch: loops over seeds and groups vs the batched layout."""
     members, model = ensemble(3, settings, device, scratch)
     generators = [torch.Generator().manual_seed(seed) for seed in range(3)]
     batch = make_batch([m.sample_parts(g) for m, g in zip(members, generators, strict=True)], members[0].device)
     out = {}
     for _ in range(2):  # the second round is the one reported (the first warms up)
-        for name, packed in (("per-group loop", False), ("one call per layer", True)):
-            members[0].packed = packed
+        for name, packed in (("loops", False), ("batched, one attention call per layer", True)):
+            model.batched = packed
             synchronize(members[0].device)
             tick = time.perf_counter()
             for _ in range(repeats):

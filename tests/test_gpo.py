@@ -46,7 +46,7 @@ def parts_of(groups):
     return [Part(c, y, t, torch.zeros(len(t)), torch.arange(len(t)), len(t)) for c, y, t in groups]
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["per-group loop", "one attention call"])
+@pytest.mark.parametrize("packed", [False, True], ids=["loops (CPU)", "batched (CUDA layout)"])
 def test_ensemble_attention_equals_masked_transformer_encoder_per_member(packed):
     """Two members with their own weights and their own groups (of different lengths, so the shorter
     member is padded) in one batch: each member's outputs equal its own network run the authors' way."""
@@ -55,8 +55,9 @@ def test_ensemble_attention_equals_masked_transformer_encoder_per_member(packed)
     table = torch.randn(9, 6, generator=g)
     members = [random_groups(g, [(5, 7), (3, 4), (8, 2)]), random_groups(g, [(2, 3), (6, 9)])]
     batch = make_batch([parts_of(groups) for groups in members], CPU)
+    model.batched = packed
     with torch.no_grad():
-        mu, s = model(table, batch, packed)
+        mu, s = model(table, batch)
         expected = [
             reference_forward(net, table[c], y, table[t])
             for net, groups in zip(networks, members, strict=True)
@@ -66,7 +67,9 @@ def test_ensemble_attention_equals_masked_transformer_encoder_per_member(packed)
     torch.testing.assert_close(s, torch.cat([v for _, v in expected]), atol=1e-5, rtol=1e-5)
 
 
-def test_one_attention_call_equals_the_per_group_loop_with_gradients_and_empty_context():
+def test_batched_path_equals_the_looped_path_with_gradients_and_empty_context():
+    """The CUDA layout (batched matmuls over members, one attention call per layer) against the CPU
+    loops (per member, per group), run here on the CPU."""
     model, _ = small_ensemble(members=3)
     g = torch.Generator().manual_seed(3)
     table = torch.randn(9, 6, generator=g)
@@ -75,7 +78,8 @@ def test_one_attention_call_equals_the_per_group_loop_with_gradients_and_empty_c
     results = []
     for packed in (False, True):
         model.zero_grad()
-        mu, s = model(table, batch, packed)
+        model.batched = packed
+        mu, s = model(table, batch)
         (mu.sin().sum() + s.cos().sum()).backward()
         results.append((mu.detach(), s.detach(), [p.grad.clone() for p in model.parameters()]))
     (mu_a, s_a, grads_a), (mu_b, s_b, grads_b) = results
@@ -90,7 +94,7 @@ def forward_one(model, ctx_x, ctx_y, tgt_x):
     n_ctx = len(ctx_x)
     groups = [(torch.arange(n_ctx), ctx_y, torch.arange(n_ctx, n_ctx + len(tgt_x)))]
     with torch.no_grad():
-        return model(torch.cat([ctx_x, tgt_x]), make_batch([parts_of(groups)], CPU), False)[0]
+        return model(torch.cat([ctx_x, tgt_x]), make_batch([parts_of(groups)], CPU))[0]
 
 
 def test_targets_do_not_see_each_other_and_context_order_does_not_matter():

@@ -75,6 +75,7 @@ class GPOEnsemble(nn.Module):
         first = networks[0]
         self.heads = first.encoder.layers[0].self_attn.num_heads
         self.n_layers, self.mlp_layers = len(first.encoder.layers), len(first.embed) // 2 + 1
+        self.batched = False  # the CUDA layout: batched matmuls and one attention call per layer
         states = [net.state_dict() for net in networks]
         for name in states[0]:
             self.register_parameter(key(name), nn.Parameter(torch.stack([s[name] for s in states]).detach().clone()))
@@ -109,18 +110,19 @@ class GPOEnsemble(nn.Module):
         }
         return out
 
-    def forward(self, x: torch.Tensor, batch: Batch, packed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature table x [U, d] and a batch of S members' sequences → mu, s per target point, flat in
-        `batch.targets` order. `packed`: one attention call per layer for all groups (else a loop)."""
+        `batch.targets` order. With `batched` set, each linear layer is one batched matmul over the
+        members and each attention one call for all groups; otherwise loops (faster on the CPU)."""
         tokens = self.embed_points(x, batch.rows, batch.y)
         for i in range(self.n_layers):
-            tokens = self.layer_step(f"encoder.layers.{i}.", tokens, batch, packed)
+            tokens = self.layer_step(f"encoder.layers.{i}.", tokens, batch)
         out = self.linear("head.2", F.relu(self.linear("head.0", tokens))).flatten(0, 1)[batch.targets]
         return out[:, 0], out[:, 1]
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """x [S, n, in] through member s's Linear `name` → [S, n, out]."""
-        return batched_linear(x, self.p(name + ".weight"), self.p(name + ".bias"))
+        return batched_linear(x, self.p(name + ".weight"), self.p(name + ".bias"), self.batched)
 
     def embed_points(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """MLP([x[rows]; y]) for rows, y [S, L]. Its first layer is W_x x + w_y y + b, and W_x x is
@@ -128,7 +130,7 @@ class GPOEnsemble(nn.Module):
         d = 4096 gathering x[rows] would hold one copy of the vector per point."""
         weight, bias = self.p("embed.0.weight"), self.p("embed.0.bias")
         distinct, position = torch.unique(rows, return_inverse=True)
-        projected = batched_linear(x[distinct].expand(len(rows), -1, -1), weight[:, :, :-1])  # [S, U, h]
+        projected = batched_linear(x[distinct].expand(len(rows), -1, -1), weight[:, :, :-1], None, self.batched)
         offsets = torch.arange(len(rows), device=rows.device)[:, None] * len(distinct)
         # index_select, not [position]: the backward of advanced indexing with repeated indices adds
         # in a thread-dependent order on the CPU, which made training non-deterministic.
@@ -142,25 +144,25 @@ class GPOEnsemble(nn.Module):
         out = F.layer_norm(x, x.shape[-1:], eps=1e-5)
         return out * self.p(name + ".weight")[:, None] + self.p(name + ".bias")[:, None]
 
-    def layer_step(self, prefix: str, tokens: torch.Tensor, batch: Batch, packed: bool) -> torch.Tensor:
+    def layer_step(self, prefix: str, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
         """One post-LN `nn.TransformerEncoderLayer` (ReLU, no dropout) per member, in which each
         group's tokens attend to that group's context tokens only."""
         w, b = self.p(prefix + "self_attn.in_proj_weight"), self.p(prefix + "self_attn.in_proj_bias")
         d_model = tokens.shape[-1]
-        q = batched_linear(tokens, w[:, :d_model], b[:, :d_model])
+        q = batched_linear(tokens, w[:, :d_model], b[:, :d_model], self.batched)
         context = tokens.gather(1, batch.context[..., None].expand(-1, -1, d_model))
-        kv = batched_linear(context, w[:, d_model:], b[:, d_model:])
+        kv = batched_linear(context, w[:, d_model:], b[:, d_model:], self.batched)
         k, v = kv.chunk(2, -1)
-        attended = (packed_attention if packed else looped_attention)(q, k, v, batch, self.heads)
+        attended = (packed_attention if self.batched else looped_attention)(q, k, v, batch, self.heads)
         tokens = self.layer_norm(prefix + "norm1", tokens + self.linear(prefix + "self_attn.out_proj", attended))
         ff = self.linear(prefix + "linear2", F.relu(self.linear(prefix + "linear1", tokens)))
         return self.layer_norm(prefix + "norm2", tokens + ff)
 
 
-def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Member s's x[s] @ weight[s]^T + bias[s]: one batched matmul on CUDA; on the CPU one matmul per
-    member, since torch's CPU bmm measured several times slower than the same products one by one."""
-    if x.is_cuda:
+def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, batched: bool) -> torch.Tensor:
+    """Member s's x[s] @ weight[s]^T + bias[s]: one batched matmul, or (`batched` false, for the CPU,
+    where torch's bmm measured several times slower than the same products) one matmul per member."""
+    if batched:
         if bias is None:
             return torch.bmm(x, weight.transpose(1, 2))
         return torch.baddbmm(bias[:, None], x, weight.transpose(1, 2))
@@ -340,7 +342,7 @@ class GPO(Method):
         if s.get("bf16") and self.device.type == "cpu" and not cpu_supports_bf16():
             raise ValueError("gpo: bf16=true on a CPU without AVX-512 BF16 or AMX; drop --set bf16=true")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(s.get("bf16")))
-        self.packed = self.device.type != "cpu"  # one attention call per layer; the loop is faster on CPU
+        self.model.batched = self.device.type != "cpu"  # the loops measured faster on the CPU
         self.checkpoint_path = setup.work_dir / "checkpoint.pt"
 
     def group_points(self, group_id: str) -> GroupPoints:
@@ -357,7 +359,7 @@ class GPO(Method):
     def run_model(self, model: GPOEnsemble, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """→ p (per-item softmax) and log std, per target point."""
         with self.autocast:
-            mu, log_std = model(self.x, batch, self.packed)
+            mu, log_std = model(self.x, batch)
         return item_softmax(mu.float(), batch.tgt_segment, batch.n_segments), log_std.float()
 
     # ---- meta-training ------------------------------------------------------------------------
@@ -459,7 +461,10 @@ def train(members: list[GPO]) -> list[dict]:
     --resume) hold the whole ensemble."""
     lead, s = members[0], members[0].settings
     seeds = [m.setup.seed for m in members]
-    model = GPOEnsemble([m.model.network(0) for m in members]).to(lead.device) if len(members) > 1 else lead.model
+    model = lead.model
+    if len(members) > 1:
+        model = GPOEnsemble([m.model.network(0) for m in members]).to(lead.device)
+        model.batched = lead.model.batched
     optimizer = torch.optim.Adam(model.parameters(), lr=s["lr"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s["max_steps"])
     generators = [torch.Generator().manual_seed(int(derived_rng("gpo-train", seed).integers(2**63))) for seed in seeds]
