@@ -181,11 +181,13 @@ class Theirs:
         from models.gpo import GPO as AuthorsGPO  # noqa: PLC0415  (theirs, imported by the finder)
 
         self.model = AuthorsGPO(**config).to(device)
-        # their training set: our meta-train groups (ours holds its validation groups out of them)
-        dataset = self.authors.OqaGroupDataset_gpo(authors_frame(task, features, list(split.train)), config=None)
+        # their load_datasets: the whole frame, split by group; their training set is our meta-train
+        # groups (ours holds its validation groups out of them)
+        frame = authors_frame(task, features, sorted(task.groups))
+        dataset = self.authors.OqaGroupDataset_gpo(frame[frame["group"].isin(list(split.train))], config=None)
         collate = self.authors.CollateFunction(100, 10, 100, 10, dataset="oqa")
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=0)
-        self.eval_df = authors_frame(task, features, list(split.test))
+        self.eval_df = frame[frame["group"].isin(list(split.test))]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-4)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=200_000)
 

@@ -235,11 +235,13 @@ def test_embedding_gradients_are_deterministic_with_shared_vectors():
     assert all(torch.equal(grads[0], g) for g in grads[1:])
 
 
-def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path):
-    """fit_seeds (one stacked ensemble, one optimizer) against one GPO per seed: the same validation
-    history, best step and predictions, up to float rounding."""
+def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path, monkeypatch):
+    """fit_seeds (one stacked ensemble, one optimizer; the CUDA layout, run here on the CPU) against one
+    GPO per seed: the same validation history, best step and predictions, up to float rounding."""
     from gpo_bench.methods.gpo import GPO
     from gpo_bench.protocol import draw_episode
+
+    monkeypatch.setattr(GPO, "batched_on_cpu", True)
 
     def predictions(method):
         episodes = [draw_episode(method.setup.task, g, 5, method.setup.seed) for g in method.setup.split.test]
@@ -248,6 +250,7 @@ def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path):
     settings = dict(TINY, patience=1, max_steps=40)
     seeds = [0, 1, 2]
     together = GPO.fit_seeds(settings, [synthetic_setup(tmp_path / "together", seed) for seed in seeds])
+    assert together[0][1]["trained_with_seeds"] == seeds
     for seed, (method, fit) in zip(seeds, together, strict=True):
         alone = GPO(settings, synthetic_setup(tmp_path / f"alone{seed}", seed))
         alone_fit = alone.fit()
