@@ -203,7 +203,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
 def test_gpo_learns_the_planted_group_structure(tmp_path):
     """On `synthetic` (two group types with opposed tastes), GPO must read the group's type from its
     few shots: it beats `population` by at least 0.08 and `uniform` by 0.15 for every K >= 5.
-    A 2-layer GPO with lr 1e-3 keeps this under a minute; the architecture is otherwise the card's."""
+    A 2-layer GPO with lr 2e-3 keeps this under a minute; the architecture is otherwise the card's.
+    (With lr 1e-3 whether 1500 steps found the structure hung on float rounding: on one thread the
+    previous implementation reached 0.746 at K = 5 and this one 0.683, against 0.864 with 2e-3.)"""
     from gpo_bench.runner import RunSpec, execute
 
     def run(method, **overrides):
@@ -213,7 +215,7 @@ def test_gpo_learns_the_planted_group_structure(tmp_path):
         result = execute(spec, None, tmp_path, device="cpu")
         return {k: v["alignment"]["mean"] for k, v in result["metrics"].items()}
 
-    gpo = run("gpo", layers=2, lr=1e-3, max_steps=1500, eval_every=100, patience=None)
+    gpo = run("gpo", layers=2, lr=2e-3, max_steps=1500, eval_every=100, patience=None)
     population, uniform = run("population"), run("uniform")
     for k in ("5", "10", "20"):
         assert gpo[k] > population[k] + 0.08, (k, gpo[k], population[k])
