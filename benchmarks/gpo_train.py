@@ -1,41 +1,51 @@
-"""GPO training and evaluation speed, side by side with an authors'-style implementation of the same
-step, in one process.
+"""GPO training and evaluation speed and memory, side by side with the authors' own code
+(jamqd/Group-Preference-Optimization) in one process, at OpinionQA shapes: 22 groups that all answer
+the same 500 items with 2-5 options each, d = 4096 random features, 40% meta-train groups.
 
-Shapes: OpinionQA-like (22 groups, 500 items with 2-5 options each, d = 4096 random features,
-train-frac 0.4) and, with --data-dir, the real OpinionQA counts with MiniLM features.
+    git clone https://github.com/jamqd/Group-Preference-Optimization /tmp/gpo-authors
+    pip install attrdict3        # their models import attrdict (pandas, scipy, yaml are here already)
+    python benchmarks/gpo_train.py --authors-repo /tmp/gpo-authors [--steps 20] [--threads 1]
 
-The authors'-style step does what their code does per step: builds padded batch tensors from Python
-lists, runs nn.TransformerEncoder over [context; targets] with a full (C+T)^2 additive mask, and
-takes the per-item softmax in a Python loop over slices. Its evaluation makes one model call per
-target option with tensors rebuilt from lists; it is timed on --reference-calls calls and
-extrapolated to the full pass (said so in the output).
+Their code is imported from --authors-repo at run time, never copied here. What runs is theirs:
+`models/gpo.py` (their GPO on their TNP encoder), their `OqaGroupDataset_gpo` built from a DataFrame
+in the layout their embedding script writes (one row per group x question x option, the embedding as a
+Python list), their `DataLoader` with `CollateFunction` (batch 32, 10-100 context and target
+questions), their step (`model(batch).loss.backward()`, Adam, cosine schedule) and their evaluation
+`calculate_WD` (K = 20 context questions, one model call per target option). The only changes, made
+while importing: the hard-coded device string 'cuda' becomes the benchmark's device, and modules
+they import but these paths never use (wandb, uncertainty_toolbox, datasets) are stubbed when absent.
 
-Peak memory is measured on the OpinionQA shapes in fresh processes, one per implementation: gpo-bench
-trains and evaluates with each option vector stored once; the authors'-style process holds the data
-as their code does (every group's copy of every option vector as Python floats) and trains on it.
-
-    python benchmarks/gpo_train.py [--data-dir ../shared/data] [--steps 20]
+Training steps are interleaved (ours, theirs, ours, …) on the same data so that both see the same
+machine load; the report gives medians, the median of the paired per-step ratios, the points per
+step and the time per target point. Their evaluation is timed on --authors-eval-groups test groups and
+scaled to all of them (said so in the output). Peak memory: one fresh process per implementation.
 """
 
 import argparse
-import math
+import contextlib
+import importlib.abc
+import importlib.machinery
+import io
 import multiprocessing
 import resource
+import statistics
+import sys
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gpo_bench.cards import load_method_card, load_task_card
+from gpo_bench.cards import load_method_card
 from gpo_bench.data import Group, Item, TaskData
-from gpo_bench.encoders import Encoder, EncoderSpec
-from gpo_bench.features import Features, build_features
+from gpo_bench.features import Features
 from gpo_bench.methods.base import Setup
-from gpo_bench.methods.gpo import GPO, gaussian_nll
+from gpo_bench.methods.gpo import GPO, train_step
 from gpo_bench.protocol import draw_episode, split_groups
-from gpo_bench.runner import load_task
+
+UNUSED_IMPORTS = {"wandb": {}, "uncertainty_toolbox": {}, "datasets": {"load_dataset": None, "Dataset": object}}
 
 
 def opinionqa_shaped(n_groups=22, n_items=500, dim=4096, seed=0) -> tuple[TaskData, Features]:
@@ -43,7 +53,7 @@ def opinionqa_shaped(n_groups=22, n_items=500, dim=4096, seed=0) -> tuple[TaskDa
     items, rows, n = {}, {}, 0
     for i in range(n_items):
         k = int(rng.integers(2, 6))
-        items[f"q{i:03d}"] = Item(f"q{i:03d}", "?", tuple(f"o{j}" for j in range(k)))
+        items[f"q{i:03d}"] = Item(f"q{i:03d}", "?", tuple(f"o{j}" for j in range(k)), tuple(range(1, k + 1)))
         rows[f"q{i:03d}"] = np.arange(n, n + k)
         n += k
     groups = {
@@ -55,148 +65,206 @@ def opinionqa_shaped(n_groups=22, n_items=500, dim=4096, seed=0) -> tuple[TaskDa
     )
 
 
-def authors_style_step(gpo: GPO, generator: torch.Generator, optimizer) -> dict:
-    """One training step the way the authors' code computes it (same sampling distribution)."""
-    model, timings = gpo.model, {}
-    tick = time.perf_counter()
-    xs, ys, tarq = [], [], []
-    features = gpo.setup.features
-    for name in gpo.setup.split.train:
-        targets = gpo.setup.task.groups[name].targets
-        items = sorted(targets)
-        n = len(items)
-        n_ctx = int(torch.randint(10, min(100, n - 10) + 1, (1,), generator=generator))
-        n_tgt = int(torch.randint(10, min(100, n - n_ctx) + 1, (1,), generator=generator))
-        order = torch.randperm(n, generator=generator).tolist()
-        ctx, tgt = [items[i] for i in order[:n_ctx]], [items[i] for i in order[n_ctx : n_ctx + n_tgt]]
-        cx = [
-            features.matrix[r].tolist() + [float(y)]
-            for i in ctx
-            for r, y in zip(features.rows[i], targets[i], strict=True)
-        ]
-        tx = [features.matrix[r].tolist() + [0.0] for i in tgt for r in features.rows[i]]
-        xs.append((cx, tx))
-        ys.append([float(y) for i in tgt for y in targets[i]])
-        tarq.append([len(targets[i]) for i in tgt])
-    c_max, t_max = max(len(c) for c, _ in xs), max(len(t) for _, t in xs)
-    d = len(xs[0][0][0])
-    batch = torch.zeros(len(xs), c_max + t_max, d)
-    pad = torch.ones(len(xs), c_max + t_max, dtype=torch.bool)
-    y = torch.zeros(len(xs), t_max)
-    for b, (cx, tx) in enumerate(xs):
-        batch[b, : len(cx)] = torch.tensor(cx)
-        batch[b, c_max : c_max + len(tx)] = torch.tensor(tx)
-        pad[b, : len(cx)] = False
-        pad[b, c_max : c_max + len(tx)] = False
-        y[b, : len(ys[b])] = torch.tensor(ys[b])
-    timings["sample_s"] = time.perf_counter() - tick
+class DevicePatchingLoader(importlib.machinery.SourceFileLoader):
+    """Loads a module of the authors' repository with its 'cuda' device strings replaced."""
 
-    tick = time.perf_counter()
-    tokens = model.embed(batch)
-    mask = torch.full((c_max + t_max, c_max + t_max), -math.inf)
-    mask[:, :c_max] = 0
-    out = model.head(model.encoder(tokens, mask=mask, src_key_padding_mask=pad)[:, c_max:])
-    mu, log_std = out[..., 0], out[..., 1]
-    p = torch.zeros_like(mu)
-    for b, sizes in enumerate(tarq):
-        start = 0
-        for size in sizes:
-            p[b, start : start + size] = torch.softmax(mu[b, start : start + size], 0)
-            start += size
-    real = ~pad[:, c_max:]
-    loss = gaussian_nll(p[real], log_std[real], y[real])
-    timings["forward_s"] = time.perf_counter() - tick
-    return timed_update(loss, optimizer, timings)
+    device = "cpu"
+
+    def source_to_code(self, data, path, *, _optimize=-1):
+        source = data.decode().replace("'cuda'", repr(self.device)).replace('"cuda"', repr(self.device))
+        return compile(source, path, "exec", dont_inherit=True)
 
 
-def timed_update(loss: torch.Tensor, optimizer, timings: dict) -> dict:
-    """Backward pass and optimizer step, each timed into `timings`."""
-    tick = time.perf_counter()
-    optimizer.zero_grad()
-    loss.backward()
-    timings["backward_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    optimizer.step()
-    timings["optimizer_s"] = time.perf_counter() - tick
-    return timings
+class AuthorsFinder(importlib.abc.MetaPathFinder):
+    """Finds `models.*`, `data.*`, `utils.*` and `train_gpo` in the authors' checkout."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo.resolve()
+
+    def find_spec(self, name, path, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(name, [str(self.repo)] if path is None else path)
+        where = [spec.origin or "", *(spec.submodule_search_locations or [])] if spec else []
+        if not any(place.startswith(str(self.repo)) for place in where):
+            return None
+        if (spec.origin or "").endswith(".py"):
+            spec.loader = DevicePatchingLoader(name, spec.origin)
+        return spec
 
 
-def our_step(gpo: GPO, generator: torch.Generator, optimizer) -> dict:
-    timings = {}
-    tick = time.perf_counter()
-    batch = gpo.sample_batch(generator)
-    timings["sample_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    loss = gaussian_nll(*gpo.run_model(batch))
-    timings["forward_s"] = time.perf_counter() - tick
-    return timed_update(loss, optimizer, timings)
+def import_authors(repo: Path, device: str) -> tuple[types.ModuleType, list[str]]:
+    """Their train_gpo module (which imports their data and model modules); → it, the stubbed imports."""
+    if not (repo / "train_gpo.py").is_file() or not (repo / "models" / "gpo.py").is_file():
+        raise SystemExit(
+            f"--authors-repo {repo}: no train_gpo.py and models/gpo.py (a Group-Preference-Optimization checkout?)"
+        )
+    try:
+        import attrdict  # noqa: F401
+    except ImportError as error:
+        raise SystemExit("the authors' models import attrdict: pip install attrdict3") from error
+    stubbed = []
+    for name, attributes in UNUSED_IMPORTS.items():
+        try:
+            __import__(name)
+        except ImportError:
+            sys.modules[name] = types.SimpleNamespace(**attributes)
+            stubbed.append(name)
+    DevicePatchingLoader.device = device
+    sys.meta_path.insert(0, AuthorsFinder(repo))
+    for name in ("models", "data", "utils"):  # their folders are namespace packages; ours must not shadow them
+        sys.modules.pop(name, None)
+    import train_gpo  # noqa: PLC0415  (their module, from the finder above)
+
+    return train_gpo, stubbed
 
 
-def mean_timings(gpo: GPO, steps: int) -> tuple[dict, dict]:
-    """Mean phase timings of both implementations, their steps interleaved so that both see the same
-    machine load; each has its own optimizer state and the same sampling distribution."""
-    steppers = {"ours": our_step, "theirs": authors_style_step}
-    generators = {name: torch.Generator().manual_seed(0) for name in steppers}
-    optimizers = {name: torch.optim.Adam(gpo.model.parameters(), lr=3e-4) for name in steppers}
-    totals: dict[str, dict[str, float]] = {name: {} for name in steppers}
-    for step in range(steps + 3):
-        for name, stepper in steppers.items():
-            timings = stepper(gpo, generators[name], optimizers[name])
-            if step >= 3:  # warm-up
-                for key, value in timings.items():
-                    totals[name][key] = totals[name].get(key, 0.0) + value / steps
-    return totals["ours"], totals["theirs"]
+def authors_frame(task: TaskData, features: Features, groups: list[str]):
+    """The DataFrame their embedding script pickles: a row per group x question x option."""
+    import pandas as pd
+
+    records = []
+    for name in groups:
+        for item_id, target in task.groups[name].targets.items():
+            item = task.items[item_id]
+            for row, y in zip(features.rows[item_id], target, strict=True):
+                records.append(
+                    {
+                        "group": name,
+                        "qkey": item_id,
+                        "embedding": features.matrix[row].tolist(),
+                        "prob_y": float(y),
+                        "D_H": str([float(v) for v in target]),
+                        "ordinal": str(list(item.ordinal)),
+                    }
+                )
+    return pd.DataFrame(records)
 
 
-@torch.no_grad()
-def authors_style_eval(gpo: GPO, shots: int, calls: int) -> tuple[float, int]:
-    """Seconds for `calls` one-option model calls, and how many calls the full pass makes."""
-    features, task, model = gpo.setup.features, gpo.setup.task, gpo.model.eval()
-    jobs = []
-    for name in gpo.setup.split.test:
-        episode = draw_episode(task, name, shots, 0)
-        targets = task.groups[name].targets
-        ctx = [
-            features.matrix[r].tolist() + [float(y)]
-            for i in episode.context
-            for r, y in zip(features.rows[i], targets[i], strict=True)
-        ]
-        jobs += [(ctx, features.matrix[r].tolist()) for i in episode.targets for r in features.rows[i]]
-    tick = time.perf_counter()
-    for ctx, x in jobs[:calls]:
-        tokens = model.embed(torch.tensor([ctx + [x + [0.0]]]))
-        n = tokens.shape[1]
-        mask = torch.full((n, n), -math.inf)
-        mask[:, : n - 1] = 0
-        model.head(model.encoder(tokens, mask=mask))
-    return time.perf_counter() - tick, len(jobs)
+class Ours:
+    """gpo-bench's GPO on the OpinionQA-shaped data, with its optimizer and sampling stream."""
+
+    def __init__(self, task: TaskData, features: Features, split, device: str, bf16: bool = False) -> None:
+        self.task, self.split = task, split
+        settings = dict(load_method_card("gpo").settings, bf16=bf16)
+        self.gpo = GPO(settings, Setup(task, split, 0, device, Path("/tmp/gpo-bench-benchmark"), features))
+        self.optimizer = torch.optim.Adam(self.gpo.model.parameters(), lr=settings["lr"])
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=200_000)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def step(self) -> tuple[float, float, int, int]:
+        """One training step (sampling included) → seconds, 0 (no separate batch timing), points, targets."""
+        before = self.generator.get_state()
+        tick = time.perf_counter()
+        train_step([self.gpo], self.gpo.model, [self.generator], self.optimizer, self.scheduler)
+        seconds = time.perf_counter() - tick
+        parts = self.gpo.sample_parts(torch.Generator().set_state(before))  # the same draw, to count it
+        targets = sum(len(p.tgt_rows) for p in parts)
+        return seconds, 0.0, sum(len(p.ctx_rows) for p in parts) + targets, targets
+
+    def evaluation(self, n_groups: int) -> float:
+        """Seconds to predict `n_groups` test groups' targets at K = 20 (one batched call)."""
+        episodes = [draw_episode(self.task, g, 20, 0) for g in self.split.test[:n_groups]]
+        tick = time.perf_counter()
+        self.gpo.predict(episodes)
+        return time.perf_counter() - tick
 
 
-def report(name: str, task: TaskData, features: Features, steps: int, reference_calls: int) -> None:
+class Theirs:
+    """The authors' model, dataset, DataLoader, optimizer, training-loop body and evaluation."""
+
+    def __init__(self, task: TaskData, features: Features, split, device: str, repo: Path) -> None:
+        import yaml
+
+        self.split, self.device = split, device
+        self.authors, self.stubbed = import_authors(repo, device)
+        config = yaml.safe_load((repo / "configs" / "gpo.yaml").read_text())
+        config["dim_x"] = features.dim
+        from models.gpo import GPO as AuthorsGPO  # noqa: PLC0415  (theirs, imported by the finder)
+
+        self.model = AuthorsGPO(**config).to(device)
+        # their load_datasets: the whole frame, split by group; their training set is our meta-train
+        # groups (ours holds its validation groups out of them)
+        frame = authors_frame(task, features, sorted(task.groups))
+        dataset = self.authors.OqaGroupDataset_gpo(frame[frame["group"].isin(list(split.train))], config=None)
+        collate = self.authors.CollateFunction(100, 10, 100, 10, dataset="oqa")
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=0)
+        self.eval_df = frame[frame["group"].isin(list(split.test))]
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-4)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=200_000)
+
+    def step(self) -> tuple[float, float, int, int]:
+        """The body of their training loop → seconds, of which building the batch, points, target points."""
+        tick = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad()
+        build, points, targets = 0.0, 0, 0
+        batches = iter(self.loader)
+        while True:
+            built = time.perf_counter()
+            batch = next(batches, None)
+            build += time.perf_counter() - built
+            if batch is None:
+                break
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            outs = self.model(batch)
+            outs.loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            n_groups, n_ctx, n_tgt = batch["xc"].shape[0], batch["xc"].shape[1], batch["xt"].shape[1]
+            points, targets = points + n_groups * (n_ctx + n_tgt), targets + n_groups * n_tgt
+        return time.perf_counter() - tick, build, points, targets
+
+    def evaluation(self, n_groups: int) -> float:
+        """Seconds of their calculate_WD on `n_groups` test groups (K = 20, one call per target option)."""
+        frame = self.eval_df[self.eval_df["group"].isin(list(self.split.test)[:n_groups])]
+        tick = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.authors.calculate_WD(types.SimpleNamespace(eval_num_qs=20), self.model, frame, logging=False)
+        return time.perf_counter() - tick
+
+
+def build(side: str, repo: Path, device: str):
+    task, features = opinionqa_shaped()
     split = split_groups(sorted(task.groups), 0.4, 0.2, 0)
-    settings = load_method_card("gpo").settings
-    gpo = GPO(settings, Setup(task, split, 0, "cpu", Path("/tmp/gpo-bench-benchmark"), features))
-    ours, theirs = mean_timings(gpo, steps)
-    episodes = [draw_episode(task, g, 20, 0) for g in split.test]
-    tick = time.perf_counter()
-    gpo.predict(episodes)
-    eval_ours = time.perf_counter() - tick
-    sample_s, n_calls = authors_style_eval(gpo, 20, reference_calls)
-    eval_theirs = sample_s / min(reference_calls, n_calls) * n_calls
-    total_ours, total_theirs = sum(ours.values()), sum(theirs.values())
+    return Ours(task, features, split, device) if side == "gpo-bench" else Theirs(task, features, split, device, repo)
+
+
+def side_by_side(repo: Path, device: str, steps: int, eval_groups: int, bf16: bool) -> None:
+    task, features = opinionqa_shaped()
+    split = split_groups(sorted(task.groups), 0.4, 0.2, 0)
+    ours, theirs = Ours(task, features, split, device, bf16), Theirs(task, features, split, device, repo)
+    timed = {"ours": [], "theirs": []}
+    for step in range(steps + 3):
+        for name, side in (("ours", ours), ("theirs", theirs)):
+            record = side.step()
+            if step >= 3:  # warm-up
+                timed[name].append(record)
+    n_test = len(split.test)
+    our_eval = ours.evaluation(n_test)
+    their_eval = theirs.evaluation(eval_groups) * n_test / eval_groups
+    seconds = {name: [r[0] for r in records] for name, records in timed.items()}
+    ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+    paired = statistics.median([b / a for a, b in zip(seconds["ours"], seconds["theirs"], strict=True)])
+    points = {name: np.mean([r[2] for r in records]) for name, records in timed.items()}
+    targets = {name: np.mean([r[3] for r in records]) for name, records in timed.items()}
+    per_target = {name: 1e6 * sum(seconds[name]) / sum(r[3] for r in timed[name]) for name in timed}
+    build_share = sum(r[1] for r in timed["theirs"]) / sum(seconds["theirs"])
+    stubbed = f"; unused imports of theirs stubbed: {', '.join(theirs.stubbed)}" if theirs.stubbed else ""
     print(
-        f"\n== {name}: {len(task.groups)} groups ({len(split.train)} meta-train, {len(split.test)} test), "
-        f"{len(task.items)} items, d = {features.dim}, {torch.get_num_threads()} threads"
+        f"\n== OpinionQA shapes on {device}, {torch.get_num_threads()} thread(s): {len(task.groups)} groups "
+        f"({len(split.train)} meta-train, {n_test} test), {len(task.items)} items, d = {features.dim}{stubbed}"
+        f"; ours in {'bfloat16 autocast' if bf16 else 'float32'}, theirs in float32"
     )
-    print(f"{'training step (ms)':24}{'sample':>9}{'forward':>9}{'backward':>9}{'optim':>9}{'total':>9}")
-    for label, t, total in (("gpo-bench", ours, total_ours), ("authors' style", theirs, total_theirs)):
-        row = "".join(f"{1000 * t[k]:9.1f}" for k in ("sample_s", "forward_s", "backward_s", "optimizer_s"))
-        print(f"{label:24}{row}{1000 * total:9.1f}")
-    print(f"speed-up per step: {total_theirs / total_ours:.2f}x")
+    print(f"{'':34}{'gpo-bench':>12}{'authors':>12}{'ratio':>8}")
+    print(f"{'training step, median ms':34}{ms['ours']:12.0f}{ms['theirs']:12.0f}{ms['theirs'] / ms['ours']:7.1f}x")
+    print(f"{'  median of paired step ratios':34}{'':24}{paired:7.1f}x")
+    print(f"{'  points per step (mean)':34}{points['ours']:12.0f}{points['theirs']:12.0f}")
+    print(f"{'  target points per step (mean)':34}{targets['ours']:12.0f}{targets['theirs']:12.0f}")
+    ratio = per_target["theirs"] / per_target["ours"]
+    print(f"{'  µs per target point':34}{per_target['ours']:12.0f}{per_target['theirs']:12.0f}{ratio:7.1f}x")
+    print(f"  (their batch building: {100 * build_share:.0f}% of their step time)")
     print(
-        f"evaluation of the test groups at K=20: gpo-bench {eval_ours:.2f} s (one batched call); authors' style "
-        f"{eval_theirs:.0f} s ({n_calls} one-option calls, extrapolated from {min(reference_calls, n_calls)}); "
-        f"speed-up {eval_theirs / eval_ours:.0f}x"
+        f"{'evaluation of the test groups, s':34}{our_eval:12.2f}{their_eval:12.1f}{their_eval / our_eval:7.0f}x"
+        f"   (theirs timed on {eval_groups} of {n_test} groups, scaled)"
     )
 
 
@@ -211,63 +279,44 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_memory(implementation: str, steps: int) -> tuple[float, float]:
-    """In a fresh process: peak RSS (MiB) after building the OpinionQA-shaped data, and after `steps`
-    training steps and one evaluation of the test groups with `implementation`."""
-    task, features = opinionqa_shaped()
-    split = split_groups(sorted(task.groups), 0.4, 0.2, 0)
-    setup = Setup(task, split, 0, "cpu", Path("/tmp/gpo-bench-benchmark"), features)
-    gpo = GPO(load_method_card("gpo").settings, setup)
-    data = peak_rss_mib()
-    optimizer = torch.optim.Adam(gpo.model.parameters(), lr=3e-4)
-    generator = torch.Generator().manual_seed(0)
-    if implementation == "gpo-bench":
-        for _ in range(steps):
-            our_step(gpo, generator, optimizer)
-        gpo.predict([draw_episode(task, g, 20, 0) for g in split.test])
-    else:
-        # The authors' dataset: per group, per item, per option, the option vector as a Python list of
-        # floats with the group's share appended, for every group (meta-train and test).
-        held = {
-            name: [
-                [features.matrix[r].tolist() + [float(y)] for r, y in zip(features.rows[i], target, strict=True)]
-                for i, target in group.targets.items()
-            ]
-            for name, group in task.groups.items()
-        }
-        for _ in range(steps):
-            authors_style_step(gpo, generator, optimizer)
-        authors_style_eval(gpo, 20, 50)
-        del held
-    return data, peak_rss_mib()
+def peak_memory(side: str, repo: Path, device: str, steps: int) -> float:
+    """In a fresh process: peak RSS (MiB) after building the data, `steps` training steps and one
+    evaluation of one test group, all by `side` alone."""
+    torch.set_num_threads(1)
+    implementation = build(side, repo, device)
+    for _ in range(steps):
+        implementation.step()
+    implementation.evaluation(1)
+    return peak_rss_mib()
 
 
-def memory_report(steps: int) -> None:
-    print("\n== peak resident memory, OpinionQA shapes (d = 4096), one fresh process per implementation")
+def memory_report(repo: Path, device: str, steps: int) -> None:
     peaks = {}
-    for name in ("gpo-bench", "authors' style"):
+    for side in ("gpo-bench", "authors"):
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # a fresh process
-            peaks[name] = pool.submit(peak_memory, name, steps).result()
-    for name, (data, peak) in peaks.items():
-        print(f"{name:16} {peak:8.0f} MiB peak ({data:.0f} MiB once the shared data and model were built)")
-    ratio = peaks["authors' style"][1] / peaks["gpo-bench"][1]
-    print(f"memory ratio: {ratio:.1f}x")
+            peaks[side] = pool.submit(peak_memory, side, repo, device, steps).result()
+    print(
+        f"{'peak resident memory, MiB':34}{peaks['gpo-bench']:12.0f}{peaks['authors']:12.0f}"
+        f"{peaks['authors'] / peaks['gpo-bench']:7.1f}x   (one fresh process each)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=None, help="also run on real OpinionQA with MiniLM")
+    parser.add_argument(
+        "--authors-repo", type=Path, required=True, help="a checkout of jamqd/Group-Preference-Optimization"
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per implementation")
-    parser.add_argument("--reference-calls", type=int, default=300, help="timed one-option calls")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--authors-eval-groups", type=int, default=1, help="test groups their evaluation is timed on")
+    parser.add_argument("--bf16", action="store_true", help="ours with bfloat16 autocast (the gpo card's bf16)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     args = parser.parse_args()
-    task, features = opinionqa_shaped()
-    report("OpinionQA shapes, random features", task, features, args.steps, args.reference_calls)
-    if args.data_dir:
-        card = load_task_card("opinionqa")
-        real = load_task(card, args.data_dir)
-        features = build_features(real, Encoder(EncoderSpec.parse("minilm"), device="cpu"), card)
-        report("real OpinionQA, MiniLM features", real, features, args.steps, args.reference_calls)
-    memory_report(args.steps)
+    torch.set_num_threads(args.threads)
+    side_by_side(args.authors_repo, args.device, args.steps, args.authors_eval_groups, args.bf16)
+    if not args.no_memory:
+        memory_report(args.authors_repo, args.device, args.steps)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """CUDA smoke test: every language-model baseline and GPO, through the runner, on the synthetic task
 with a small random-initialized Llama (bfloat16 on CUDA, length-batched prompts, shared few-shot
-prefixes, LoRA training and reward head). A tensor on the wrong device raises inside torch and stops
+prefixes, LoRA training and reward head); GPO trains two seeds together in bf16 (batched weights, one
+attention call per layer). A tensor on the wrong device raises inside torch and stops
 the script with its traceback; afterwards every loaded model is checked to sit wholly on the device
 in the expected dtype, and each run's recorded device must be the one asked for.
 
@@ -58,8 +59,9 @@ def main() -> int:
         runs.append(("gpo", {"max_steps": 20, "eval_every": 10, "bf16": args.device == "cuda"}))
         print(f"{'method':<22} {'K':>5} {'alignment':>10} {'wall s':>8}")
         for method, overrides in runs:
+            seeds = (0, 1) if method == "gpo" else (0,)  # GPO: two seeds trained together (the batched path)
             spec = RunSpec(
-                "synthetic", method, encoder="bow", shots=shots, seeds=(0,), limit_items=30, overrides=overrides
+                "synthetic", method, encoder="bow", shots=shots, seeds=seeds, limit_items=30, overrides=overrides
             )
             tick = time.perf_counter()
             result = execute(spec, None, Path(scratch) / "results", device=args.device, force=True)

@@ -408,12 +408,23 @@ def _execute(
     # numpy/scipy work here is many tiny solves (L-BFGS per episode): OpenBLAS threads only add contention,
     # up to 50x slower on a busy machine (torch keeps its own threads)
     with threadpool_limits(limits={"openblas": 1}):
-        for seed in resolved["seeds"]:
-            setup = Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
-            method = implementation(resolved["settings"], setup)
+        setups = [
+            Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
+            for seed in resolved["seeds"]
+        ]
+        fitted = None
+        if len(setups) > 1 and hasattr(implementation, "fit_seeds"):  # trains all seeds at once
             tick = time.perf_counter()
-            fits[str(seed)] = method.fit()
+            fitted = implementation.fit_seeds(resolved["settings"], setups)
             timings["fit_s"] += time.perf_counter() - tick
+        for n, (seed, setup) in enumerate(zip(resolved["seeds"], setups, strict=True)):
+            if fitted:
+                method, fits[str(seed)] = fitted[n]
+            else:
+                method = implementation(resolved["settings"], setup)
+                tick = time.perf_counter()
+                fits[str(seed)] = method.fit()
+                timings["fit_s"] += time.perf_counter() - tick
             for shots in resolved["shots"]:
                 episodes = [draw_episode(task, group, shots, seed, split) for group in split.test]
                 tick = time.perf_counter()

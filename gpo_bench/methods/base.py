@@ -52,6 +52,10 @@ class Method(abc.ABC):
         """Train on the seen groups; returns facts worth recording (steps, best validation, …)."""
         return {}
 
+    # A method may also define `fit_seeds(cls, settings, setups) -> list[(method, fit facts)]`, a
+    # classmethod that trains one model per setup (same task and split, different seeds) at once; the
+    # runner uses it for a run with several seeds, and must get the same results as calling `fit` per seed.
+
     def report(self) -> dict:
         """Facts gathered while predicting (how many context items fitted a prompt, per-group training
         losses, …); the runner writes them to result.json (`predict`, per seed) after all predictions."""

@@ -5,12 +5,18 @@ are MLP([x; y]), target tokens MLP([x; 0]); a 6-layer post-LN transformer encode
 encoding in which every token attends to the context tokens only; a (mu, s) head; p = softmax of mu
 within each target item; loss = Gaussian NLL of y under N(p, exp(s)^2).
 
-Speed without changing the function: since no token attends to a target, the context tokens evolve
-on their own, and target tokens only query the context. Each layer therefore runs attention with the
-context as keys (cost T x C instead of (C+T)^2), using the very parameters of
-`nn.TransformerEncoderLayer`; a test checks equality with the masked `nn.TransformerEncoder`. The
-embedding MLP's first layer is applied once per distinct candidate vector of a batch and its output
-gathered per point, so a d = 4096 vector shared by many groups is never copied per point.
+Speed without changing the function:
+- no token attends to a target, so each layer runs attention with only the group's context as keys
+  (cost T x C instead of (C+T)^2); a test checks equality with the authors' masked
+  `nn.TransformerEncoder`;
+- the embedding MLP's first layer is applied once per distinct candidate vector of a batch;
+- seeds train together: `GPOEnsemble` holds S networks' parameters stacked on a leading axis, every
+  linear layer is one batched matmul over the S members (on CUDA), and Adam (elementwise) updates each member
+  exactly as it would alone; each seed keeps its own sampling stream, validation and early stopping,
+  so `fit_seeds` equals separate runs up to float rounding (tested);
+- attention: on CUDA one `scaled_dot_product_attention` call per layer for all groups of all members
+  (padded to the longest group, keys masked); on the CPU a loop over groups, which measured faster
+  there (`benchmarks/gpo_gpu.py --attention`); both paths are tested equal.
 
 Deviations from the authors' code, each a fix: validation groups (not the test groups) pick the
 checkpoint; the loss is the mean over real target points (theirs counts padding in the mean);
@@ -19,10 +25,12 @@ validation context draws are fixed by the seed (theirs change at every evaluatio
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +42,7 @@ from ..files import write_atomic
 from ..metrics import item_score
 from ..protocol import Episode, derived_rng, draw_episode
 from ..registry import METHODS
-from .base import Method, item_softmax
+from .base import Method, Setup, item_softmax
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,10 @@ def build_mlp(d_in: int, d_hidden: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class GPOModel(nn.Module):
+class GPONetwork(nn.Module):
+    """One GPO network as the authors build it (embedding MLP, `nn.TransformerEncoder`, head): the
+    parameter layout and initialisation of every ensemble member, and the reference in the tests."""
+
     def __init__(self, d_x: int, d_model: int, layers: int, heads: int, d_ff: int, mlp_depth: int) -> None:
         super().__init__()
         self.embed = build_mlp(d_x + 1, d_model, mlp_depth)
@@ -55,54 +66,154 @@ class GPOModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 2))
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, layout: Layout):
-        """Packed points (no padding), every context point then every target point: their vectors
-        x[rows] (x [U, d], rows [ΣC+ΣT]) and y [ΣC+ΣT] (0 for targets) → mu, s [ΣT]."""
-        tokens = self.embed_points(x, rows, y)[layout.order]
-        for layer in self.encoder.layers:
-            tokens = self.layer_step(layer, tokens, layout)
-        out = self.head(tokens[layout.target_positions])
+
+class GPOEnsemble(nn.Module):
+    """S GPO networks with their parameters stacked (leading axis = member), run in one pass."""
+
+    def __init__(self, networks: list[GPONetwork]) -> None:
+        super().__init__()
+        first = networks[0]
+        self.heads = first.encoder.layers[0].self_attn.num_heads
+        self.n_layers, self.mlp_layers = len(first.encoder.layers), len(first.embed) // 2 + 1
+        self.batched = False  # the CUDA layout: batched matmuls and one attention call per layer
+        states = [net.state_dict() for net in networks]
+        for name in states[0]:
+            self.register_parameter(key(name), nn.Parameter(torch.stack([s[name] for s in states]).detach().clone()))
+
+    def p(self, name: str) -> torch.Tensor:
+        return getattr(self, key(name))
+
+    @property
+    def size(self) -> int:
+        return self.p("head.0.weight").shape[0]
+
+    def network(self, member: int) -> GPONetwork:
+        """Member `member` as an authors'-layout `GPONetwork` (its parameters copied)."""
+        w = self.p("embed.0.weight")
+        d_model, heads = w.shape[1], self.heads
+        net = GPONetwork(
+            w.shape[2] - 1,
+            d_model,
+            self.n_layers,
+            heads,
+            self.p("encoder.layers.0.linear1.weight").shape[1],
+            self.mlp_layers,
+        )
+        net.load_state_dict({name: self.p(name)[member].detach().clone() for name in net.state_dict()})
+        return net
+
+    def members(self, indices: list[int]) -> GPOEnsemble:
+        """A new ensemble of the given members (parameters copied)."""
+        out = copy.copy(self)
+        out._parameters = {
+            name: nn.Parameter(value.detach()[indices].clone()) for name, value in self._parameters.items()
+        }
+        return out
+
+    def forward(self, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature table x [U, d] and a batch of S members' sequences → mu, s per target point, flat in
+        `batch.targets` order. With `batched` set, each linear layer is one batched matmul over the
+        members and each attention one call for all groups; otherwise loops (faster on the CPU)."""
+        tokens = self.embed_points(x, batch.rows, batch.y)
+        for i in range(self.n_layers):
+            tokens = self.layer_step(f"encoder.layers.{i}.", tokens, batch)
+        out = self.linear("head.2", F.relu(self.linear("head.0", tokens))).flatten(0, 1)[batch.targets]
         return out[:, 0], out[:, 1]
 
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """x [S, n, in] through member s's Linear `name` → [S, n, out]."""
+        return batched_linear(x, self.p(name + ".weight"), self.p(name + ".bias"), self.batched)
+
     def embed_points(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """MLP([x[rows]; y]). Its first layer is W_x x + w_y y + b, and W_x x is computed once per
-        distinct row: a candidate recurs in every group that answered it, and at d = 4096 gathering
-        x[rows] would hold one copy of the vector per point."""
-        first = self.embed[0]
+        """MLP([x[rows]; y]) for rows, y [S, L]. Its first layer is W_x x + w_y y + b, and W_x x is
+        computed once per distinct row: a candidate recurs in every group that answered it, and at
+        d = 4096 gathering x[rows] would hold one copy of the vector per point."""
+        weight, bias = self.p("embed.0.weight"), self.p("embed.0.bias")
         distinct, position = torch.unique(rows, return_inverse=True)
+        projected = batched_linear(x[distinct].expand(len(rows), -1, -1), weight[:, :, :-1], None, self.batched)
+        offsets = torch.arange(len(rows), device=rows.device)[:, None] * len(distinct)
         # index_select, not [position]: the backward of advanced indexing with repeated indices adds
         # in a thread-dependent order on the CPU, which made training non-deterministic.
-        hidden = torch.index_select(F.linear(x[distinct], first.weight[:, :-1]), 0, position)
-        return self.embed[1:](hidden + torch.outer(y, first.weight[:, -1]) + first.bias)
+        hidden = projected.flatten(0, 1).index_select(0, (position + offsets).flatten()).view(*rows.shape, -1)
+        hidden = hidden + y[..., None] * weight[:, None, :, -1] + bias[:, None]
+        for i in range(2, 2 * self.mlp_layers - 1, 2):
+            hidden = self.linear(f"embed.{i}", F.relu(hidden))
+        return hidden
 
-    @staticmethod
-    def layer_step(layer: nn.TransformerEncoderLayer, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """One post-LN encoder layer in which each group's tokens attend to that group's context
-        tokens only; the same arithmetic as `nn.MultiheadAttention` under the authors' mask."""
-        attention = layer.self_attn
-        heads, d_model = attention.num_heads, tokens.shape[-1]
-        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
-        q = F.linear(tokens, w_q, b_q)
-        scale = (d_model // heads) ** -0.5
-        context = tokens[layout.context_positions]
-        k, v = F.linear(context, w_k, b_k), F.linear(context, w_v, b_v)
+    def layer_norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x, x.shape[-1:], eps=1e-5)
+        return out * self.p(name + ".weight")[:, None] + self.p(name + ".bias")[:, None]
+
+    def layer_step(self, prefix: str, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """One post-LN `nn.TransformerEncoderLayer` (ReLU, no dropout) per member, in which each
+        group's tokens attend to that group's context tokens only."""
+        w, b = self.p(prefix + "self_attn.in_proj_weight"), self.p(prefix + "self_attn.in_proj_bias")
+        d_model = tokens.shape[-1]
+        q = batched_linear(tokens, w[:, :d_model], b[:, :d_model], self.batched)
+        context = tokens.gather(1, batch.context[..., None].expand(-1, -1, d_model))
+        kv = batched_linear(context, w[:, d_model:], b[:, d_model:], self.batched)
+        k, v = kv.chunk(2, -1)
+        attended = (packed_attention if self.batched else looped_attention)(q, k, v, batch, self.heads)
+        tokens = self.layer_norm(prefix + "norm1", tokens + self.linear(prefix + "self_attn.out_proj", attended))
+        ff = self.linear(prefix + "linear2", F.relu(self.linear(prefix + "linear1", tokens)))
+        return self.layer_norm(prefix + "norm2", tokens + ff)
+
+
+def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, batched: bool) -> torch.Tensor:
+    """Member s's x[s] @ weight[s]^T + bias[s]: one batched matmul, or (`batched` false, for the CPU,
+    where torch's bmm measured several times slower than the same products) one matmul per member."""
+    if batched:
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias[:, None], x, weight.transpose(1, 2))
+    return torch.stack([F.linear(x[s], weight[s], None if bias is None else bias[s]) for s in range(len(weight))])
+
+
+def key(name: str) -> str:
+    """A state-dict name as a parameter attribute (dots are not allowed)."""
+    return name.replace(".", "__")
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[..., n, heads * d] → [..., heads, n, d]."""
+    return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+
+def looped_attention(q, k, v, batch: Batch, heads: int) -> torch.Tensor:
+    """Per member and group: softmax(q k^T / sqrt(d)) v over that group's context; zero for a group
+    without context (attending to nothing contributes zero before the output projection)."""
+    scale = (q.shape[-1] // heads) ** -0.5
+    members = []
+    for member, spans in enumerate(batch.spans):
         outputs = []
-        for start, end, ctx_start, ctx_end in layout.spans:
-            if ctx_end == ctx_start:  # K = 0: attending to nothing contributes zero before the projection
-                outputs.append(tokens.new_zeros(end - start, d_model))
+        for start, end, ctx_start, ctx_end in spans:
+            if ctx_end == ctx_start:
+                outputs.append(q.new_zeros(end - start, q.shape[-1]))
                 continue
-            split = lambda t: t.unflatten(-1, (heads, -1)).transpose(0, 1)  # noqa: E731  [heads, n, d_head]
-            scores = split(q[start:end]) @ split(k[ctx_start:ctx_end]).transpose(1, 2) * scale
-            out = torch.softmax(scores, dim=-1) @ split(v[ctx_start:ctx_end])
-            outputs.append(out.transpose(0, 1).flatten(1))
-        tokens = layer.norm1(tokens + attention.out_proj(torch.cat(outputs)))
-        return layer.norm2(tokens + layer.linear2(layer.activation(layer.linear1(tokens))))
+            qs, ks = split_heads(q[member, start:end], heads), split_heads(k[member, ctx_start:ctx_end], heads)
+            scores = qs @ ks.transpose(1, 2) * scale
+            attended = torch.softmax(scores, -1) @ split_heads(v[member, ctx_start:ctx_end], heads)
+            outputs.append(attended.transpose(0, 1).flatten(1))
+        outputs.append(q.new_zeros(q.shape[1] - spans[-1][1], q.shape[-1]))  # padding
+        members.append(torch.cat(outputs))
+    return torch.stack(members)
+
+
+def packed_attention(q, k, v, batch: Batch, heads: int) -> torch.Tensor:
+    """The same as `looped_attention` in one `scaled_dot_product_attention` call: every (member,
+    group) padded to the longest group, keys outside the group's context masked. A group without
+    context attends to one zero key/value, which gives zero."""
+    with_zero = lambda t: torch.cat([t.flatten(0, 1), t.new_zeros(1, t.shape[-1])])  # noqa: E731
+    queries = split_heads(with_zero(q)[batch.query_index], heads)
+    keys = split_heads(with_zero(k)[batch.key_index], heads)
+    values = split_heads(with_zero(v)[batch.key_index], heads)
+    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=batch.key_mask[:, None, None, :])
+    return with_zero(out.transpose(1, 2).flatten(2))[batch.scatter_back].view_as(q)
 
 
 def gaussian_nll(p: torch.Tensor, log_std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean over points of -log N(y; p, exp(s)^2)."""
-    return -torch.distributions.Normal(p, torch.exp(log_std)).log_prob(y).mean()
+    """Per point -log N(y; p, exp(s)^2)."""
+    return -torch.distributions.Normal(p, torch.exp(log_std)).log_prob(y)
 
 
 @dataclass
@@ -116,62 +227,108 @@ class GroupPoints:
 
 
 @dataclass
-class Layout:
-    """Where each group's tokens sit in the packed sequence [ctx_1, tgt_1, ctx_2, tgt_2, ...]."""
+class Part:
+    """One group's share of a batch: its context points and its target points."""
 
-    order: torch.Tensor  # cat([all context, all targets])[order] = the packed sequence
-    context_positions: torch.Tensor
-    target_positions: torch.Tensor
-    spans: list[tuple[int, int, int, int]]  # per group: token start, end; its context's start, end
-
-    @classmethod
-    def build(cls, ctx_sizes: list[int], tgt_sizes: list[int], device: torch.device) -> Layout:
-        n_ctx = sum(ctx_sizes)
-        order, ctx_pos, tgt_pos, spans = [], [], [], []
-        position = ctx_seen = tgt_seen = 0
-        for c, t in zip(ctx_sizes, tgt_sizes, strict=True):
-            order += list(range(ctx_seen, ctx_seen + c)) + list(range(n_ctx + tgt_seen, n_ctx + tgt_seen + t))
-            ctx_pos += range(position, position + c)
-            tgt_pos += range(position + c, position + c + t)
-            spans.append((position, position + c + t, ctx_seen, ctx_seen + c))
-            position, ctx_seen, tgt_seen = position + c + t, ctx_seen + c, tgt_seen + t
-        as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-        return cls(as_index(order), as_index(ctx_pos), as_index(tgt_pos), spans)
+    ctx_rows: torch.Tensor
+    ctx_y: torch.Tensor
+    tgt_rows: torch.Tensor
+    tgt_y: torch.Tensor
+    tgt_item: torch.Tensor  # item index of each target point, within the group
+    n_items: int
 
 
 @dataclass
 class Batch:
-    """Packed context and target points of several groups."""
+    """S members' sequences, each [group 1 context, group 1 targets, group 2 context, …] padded to L."""
 
-    ctx_rows: torch.Tensor  # [ΣC] feature rows
-    ctx_y: torch.Tensor
-    tgt_rows: torch.Tensor  # [ΣT]
-    tgt_y: torch.Tensor
+    rows: torch.Tensor  # [S, L] feature row of each token (0 for padding)
+    y: torch.Tensor  # [S, L] context shares; 0 for targets and padding
+    context: torch.Tensor  # [S, C] position of each member's context tokens (0 for padding)
+    spans: list[list[tuple[int, int, int, int]]]  # per member, per group: tokens start, end; context start, end
+    targets: torch.Tensor  # [ΣT] flat position (member * L + position) of every target token
+    target_member: torch.Tensor  # [ΣT]
+    tgt_y: torch.Tensor  # [ΣT]
     tgt_segment: torch.Tensor  # [ΣT] item segment of each target point, unique across the batch
     n_segments: int
-    layout: Layout
+    query_index: torch.Tensor  # packed attention: [B, N] flat token of each (member, group) row; pad = S*L
+    key_index: torch.Tensor  # [B, C'] flat context token (member * C + j); pad = S*C
+    key_mask: torch.Tensor  # [B, C'] which keys a row attends to
+    scatter_back: torch.Tensor  # [S*L] row of each token in the flattened [B*N] output; pad = B*N
 
 
-def make_batch(parts: list[tuple[torch.Tensor, ...]], n_items: list[int]) -> Batch:
-    """Per group (context rows, context y, target rows, target y, target item index) → one packed batch;
-    target item indices are made unique across groups for the per-item softmax."""
-    offsets = np.cumsum([0, *n_items[:-1]]).tolist()
+def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
+    """Per member, per group Parts → one padded batch for `GPOEnsemble.forward`."""
+    n_ctx = [[len(p.ctx_rows) for p in parts] for parts in members]
+    n_tgt = [[len(p.tgt_rows) for p in parts] for parts in members]
+    length = max(1, max(sum(c) + sum(t) for c, t in zip(n_ctx, n_tgt, strict=True)))
+    width = max(1, max(sum(c) for c in n_ctx))
+    rows = torch.zeros(len(members), length, dtype=torch.long, device=device)
+    y = torch.zeros(len(members), length, device=device)
+    context = np.zeros((len(members), width), dtype=np.int64)
+    spans, targets, target_member, tgt_y, segments = [], [], [], [], []
+    segment_offset, groups = 0, []
+    for s, parts in enumerate(members):
+        position = ctx_seen = 0
+        member_spans = []
+        for part in parts:
+            c, t = len(part.ctx_rows), len(part.tgt_rows)
+            rows[s, position : position + c + t] = torch.cat([part.ctx_rows, part.tgt_rows])
+            y[s, position : position + c] = part.ctx_y
+            context[s, ctx_seen : ctx_seen + c] = np.arange(position, position + c)
+            targets.append(np.arange(s * length + position + c, s * length + position + c + t))
+            target_member.append(np.full(t, s))
+            tgt_y.append(part.tgt_y)
+            segments.append(part.tgt_item + segment_offset)
+            member_spans.append((position, position + c + t, ctx_seen, ctx_seen + c))
+            groups.append((s, position, c + t, ctx_seen, c))
+            position, ctx_seen, segment_offset = position + c + t, ctx_seen + c, segment_offset + part.n_items
+        spans.append(member_spans)
+    n_rows = max(n for _, _, n, _, _ in groups)
+    n_keys = max(1, max(c for *_, c in groups))
+    query_index = np.full((len(groups), n_rows), len(members) * length)
+    key_index = np.full((len(groups), n_keys), len(members) * width)
+    key_mask = np.zeros((len(groups), n_keys), dtype=bool)
+    scatter_back = np.full(len(members) * length, len(groups) * n_rows)
+    for b, (s, start, n, ctx_start, c) in enumerate(groups):
+        query_index[b, :n] = s * length + np.arange(start, start + n)
+        key_index[b, :c] = s * width + np.arange(ctx_start, ctx_start + c)
+        key_mask[b, : max(c, 1)] = True  # no context: the zero key at the pad index, which gives zero
+        scatter_back[s * length + start : s * length + start + n] = b * n_rows + np.arange(n)
+    as_index = lambda a: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, device=device)  # noqa: E731
     return Batch(
-        ctx_rows=torch.cat([p[0] for p in parts]),
-        ctx_y=torch.cat([p[1] for p in parts]),
-        tgt_rows=torch.cat([p[2] for p in parts]),
-        tgt_y=torch.cat([p[3] for p in parts]),
-        tgt_segment=torch.cat([p[4] + offset for p, offset in zip(parts, offsets, strict=True)]),
-        n_segments=sum(n_items),
-        layout=Layout.build([len(p[0]) for p in parts], [len(p[2]) for p in parts], parts[0][0].device),
+        rows=rows,
+        y=y,
+        context=as_index(context),
+        spans=spans,
+        targets=as_index(targets),
+        target_member=as_index(target_member),
+        tgt_y=torch.cat(tgt_y),
+        tgt_segment=torch.cat(segments),
+        n_segments=segment_offset,
+        query_index=as_index(query_index),
+        key_index=as_index(key_index),
+        key_mask=as_index(key_mask),
+        scatter_back=as_index(scatter_back),
     )
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @METHODS.register("gpo", "Group Preference Optimization: meta-trained in-context transformer (ICLR 2024)")
 class GPO(Method):
     needs_features = True
+    batched_on_cpu = False  # the CUDA layout (and seeds trained together) on the CPU too: for tests
 
-    def __init__(self, settings: dict, setup) -> None:
+    def __init__(self, settings: dict, setup: Setup) -> None:
         super().__init__(settings, setup)
         self.device = torch.device(setup.device)
         features = setup.features
@@ -179,11 +336,14 @@ class GPO(Method):
         self.points = {g: self.group_points(g) for g in setup.task.groups}
         torch.manual_seed(setup.seed)
         s = settings
-        self.model = GPOModel(features.dim, s["d_model"], s["layers"], s["heads"], s["d_ff"], s["mlp_depth"])
-        self.model.to(self.device)
+        network = GPONetwork(features.dim, s["d_model"], s["layers"], s["heads"], s["d_ff"], s["mlp_depth"])
+        self.model = GPOEnsemble([network]).to(self.device)
         if self.device.type == "cuda" and s.get("tf32"):
             torch.backends.cuda.matmul.allow_tf32 = True
+        if s.get("bf16") and self.device.type == "cpu" and not cpu_supports_bf16():
+            raise ValueError("gpo: bf16=true on a CPU without AVX-512 BF16 or AMX; drop --set bf16=true")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(s.get("bf16")))
+        self.model.batched = self.device.type != "cpu" or self.batched_on_cpu  # loops measured faster on CPU
         self.checkpoint_path = setup.work_dir / "checkpoint.pt"
 
     def group_points(self, group_id: str) -> GroupPoints:
@@ -197,18 +357,15 @@ class GPO(Method):
             items, as_tensor(rows, torch.long), as_tensor(y, torch.float32), as_tensor(item_of, torch.long)
         )
 
-    def run_model(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ p (per-item softmax), log std and the targets, per target point."""
-        rows = torch.cat([batch.ctx_rows, batch.tgt_rows])
-        y = torch.cat([batch.ctx_y, batch.ctx_y.new_zeros(len(batch.tgt_rows))])
+    def run_model(self, model: GPOEnsemble, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ p (per-item softmax) and log std, per target point."""
         with self.autocast:
-            mu, log_std = self.model(self.x, rows, y, batch.layout)
-        p = item_softmax(mu.float(), batch.tgt_segment, batch.n_segments)
-        return p, log_std.float(), batch.tgt_y
+            mu, log_std = model(self.x, batch)
+        return item_softmax(mu.float(), batch.tgt_segment, batch.n_segments), log_std.float()
 
     # ---- meta-training ------------------------------------------------------------------------
 
-    def sample_batch(self, generator: torch.Generator) -> Batch:
+    def sample_parts(self, generator: torch.Generator) -> list[Part]:
         """Per group: a random permutation of its items; n_ctx ~ U{10..100} and n_tgt ~
         U{10..min(100, N - n_ctx)} whole items (bounds shrink for groups with under 20 items)."""
         names = list(self.setup.split.train)
@@ -216,7 +373,7 @@ class GPO(Method):
         if per_step < len(names):
             names = [names[i] for i in torch.randperm(len(names), generator=generator)[:per_step].tolist()]
         (ctx_lo, ctx_hi), (tgt_lo, tgt_hi) = self.settings["context_items"], self.settings["target_items"]
-        parts, n_items = [], []
+        parts = []
         for name in names:
             group = self.points[name]
             n = len(group.items)
@@ -231,113 +388,27 @@ class GPO(Method):
             role[order[n_ctx : n_ctx + n_tgt]] = 2
             point_role = role[group.item_of]
             ctx, tgt = point_role == 1, point_role == 2
-            parts.append((group.rows[ctx], group.y[ctx], group.rows[tgt], group.y[tgt], group.item_of[tgt]))
-            n_items.append(n)
-        return make_batch(parts, n_items)
+            parts.append(Part(group.rows[ctx], group.y[ctx], group.rows[tgt], group.y[tgt], group.item_of[tgt], n))
+        return parts
 
     def fit(self) -> dict:
-        s = self.settings
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=s["lr"])
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s["max_steps"])
-        generator = torch.Generator().manual_seed(int(derived_rng("gpo-train", self.setup.seed).integers(2**63)))
-        state = {"step": 0, "best_score": -math.inf, "best_step": 0, "best_model": None, "stale": 0, "history": []}
-        saved = self.load_checkpoint() if self.setup.resume and self.checkpoint_path.exists() else None
-        if saved is not None:
-            self.model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            generator.set_state(saved["generator"])
-            state = saved["state"]
-            log.info("gpo: resumed from %s at step %d", self.checkpoint_path, state["step"])
-        timing = {"sample_s": 0.0, "step_s": 0.0, "validate_s": 0.0}
-        progress = tqdm(total=s["max_steps"], initial=state["step"], desc=f"gpo seed {self.setup.seed}", unit="step")
-        while state["step"] < s["max_steps"]:
-            self.model.train()
-            tick = time.perf_counter()
-            batch = self.sample_batch(generator)
-            timing["sample_s"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            loss = gaussian_nll(*self.run_model(batch))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            timing["step_s"] += time.perf_counter() - tick
-            state["step"] += 1
-            progress.update()
-            if state["step"] % s["eval_every"] == 0 or state["step"] == s["max_steps"]:
-                tick = time.perf_counter()
-                score = self.validate()
-                timing["validate_s"] += time.perf_counter() - tick
-                state["history"].append((state["step"], loss.item(), score))
-                progress.set_postfix(
-                    loss=f"{loss.item():.3f}", val=f"{score:.4f}", best=f"{max(score, state['best_score']):.4f}"
-                )
-                if score > state["best_score"]:
-                    state.update(best_score=score, best_step=state["step"], stale=0)
-                    state["best_model"] = copy.deepcopy(self.model.state_dict())
-                else:
-                    state["stale"] += 1
-                self.save_checkpoint(optimizer, scheduler, generator, state)
-                if s.get("patience") and state["stale"] >= s["patience"]:
-                    log.info(
-                        "gpo: no validation gain in %d evaluations; stopping at step %d", s["patience"], state["step"]
-                    )
-                    break
-        progress.close()
-        if state["best_model"] is not None:
-            self.model.load_state_dict(state["best_model"])
-        return {
-            "steps": state["step"],
-            "best_step": state["best_step"],
-            "best_validation": state["best_score"],
-            "history": state["history"],
-            "timing": timing,
-        }
+        return train([self])[0]
 
-    def save_checkpoint(self, optimizer, scheduler, generator: torch.Generator, state: dict) -> None:
-        saved = {
-            "model": self.model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "state": state,
-            "trained_on": self.trained_on(),
-        }
-        write_atomic(self.checkpoint_path, lambda out: torch.save(saved, out))
+    @classmethod
+    def fit_seeds(cls, settings: dict, setups: list[Setup]) -> list[tuple[GPO, dict]]:
+        """Train one GPO per setup (the same task and split, different seeds) as one ensemble; each
+        seed draws its own batches and stops on its own validation, as when trained alone. On the CPU
+        the seeds train one after another: there the ensemble measured no faster per seed (its members
+        are padded to the longest sequence, and the CPU path loops over members anyway)."""
+        members = [cls(settings, setup) for setup in setups]
+        if not members[0].model.batched:
+            return [(member, member.fit()) for member in members]
+        return list(zip(members, train(members), strict=True))
 
     def trained_on(self) -> dict:
         """What a checkpoint must share with the run that resumes it: the data the method sees (the split's
         view of the task), its settings and the seed."""
         return {"data": self.setup.task.fingerprint(), "settings": self.settings, "seed": self.setup.seed}
-
-    def load_checkpoint(self) -> dict:
-        """The saved training state; a file that cannot be read, or one trained on other data, settings or
-        seed, is refused with a message naming the file and both sides."""
-        path, mine = self.checkpoint_path, self.trained_on()
-        try:
-            saved = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as error:  # noqa: BLE001  (truncated, foreign or not a torch file at all)
-            raise RuntimeError(
-                f"cannot resume from {path}: not a readable checkpoint ({type(error).__name__}: "
-                f"{str(error)[:160]}); delete it, or run without --resume (or with --force) to train from scratch"
-            ) from None
-        theirs = saved.get("trained_on") if isinstance(saved, dict) else None
-        if theirs != mine:
-            theirs = theirs or {}
-            keys = sorted(set(mine["settings"]) | set(theirs.get("settings") or {}))
-            settings = [
-                f"{k}={(theirs.get('settings') or {}).get(k)!r} vs {mine['settings'].get(k)!r}"
-                for k in keys
-                if (theirs.get("settings") or {}).get(k) != mine["settings"].get(k)
-            ]
-            raise RuntimeError(
-                f"cannot resume from {path}: it was trained on data {theirs.get('data')} (seed {theirs.get('seed')}), "
-                f"this run has data {mine['data']} (seed {mine['seed']})"
-                + (f"; settings differ (checkpoint vs this run): {', '.join(settings)}" if settings else "")
-                + "; delete it, or run without --resume (or with --force) to train from scratch"
-            )
-        return saved
 
     def validate(self) -> float:
         """Mean score over the validation groups, each with `validation_shots` fixed context items
@@ -368,16 +439,17 @@ class GPO(Method):
             ctx_rows = [rows[i] for i in episode.context]
             tgt_sizes = [len(rows[i]) for i in episode.targets]
             parts.append(
-                (
+                Part(
                     as_tensor(np.concatenate(ctx_rows) if ctx_rows else np.zeros(0), torch.long),
                     as_tensor(np.concatenate(episode.context_targets) if ctx_rows else np.zeros(0), torch.float32),
                     as_tensor(np.concatenate([rows[i] for i in episode.targets]), torch.long),
                     torch.zeros(sum(tgt_sizes), device=self.device),
                     as_tensor(np.repeat(np.arange(len(tgt_sizes)), tgt_sizes), torch.long),
+                    len(tgt_sizes),
                 )
             )
             sizes.append(tgt_sizes)
-        p, _, _ = self.run_model(make_batch(parts, [len(e.targets) for e in episodes]))
+        p, _ = self.run_model(self.model, make_batch([parts], self.device))
         p = p.double().cpu().numpy()
         out, start = [], 0
         for tgt_sizes in sizes:
@@ -390,3 +462,147 @@ class GPO(Method):
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         return self.predict([episode])[0]
+
+
+def train(members: list[GPO]) -> list[dict]:
+    """Meta-train the members' networks together (one stacked ensemble, one Adam: elementwise, so each
+    member's update is its own). Per member: its sampling stream, validation, best checkpoint and early
+    stop; a member that stopped keeps its best parameters while the others go on. Checkpoints (and
+    --resume) hold the whole ensemble."""
+    lead, s = members[0], members[0].settings
+    seeds = [m.setup.seed for m in members]
+    model = lead.model
+    if len(members) > 1:
+        model = GPOEnsemble([m.model.network(0) for m in members]).to(lead.device)
+        model.batched = lead.model.batched
+    optimizer = torch.optim.Adam(model.parameters(), lr=s["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s["max_steps"])
+    generators = [torch.Generator().manual_seed(int(derived_rng("gpo-train", seed).integers(2**63))) for seed in seeds]
+    fresh = {"step": 0, "best_score": -math.inf, "best_step": 0, "best_model": None, "stale": 0, "history": []}
+    states = [dict(fresh, history=[]) for _ in members]
+    step, done = 0, [False] * len(members)
+    path = lead.checkpoint_path
+    if len(members) > 1:
+        path = lead.setup.work_dir.parent / ("seeds" + "-".join(map(str, seeds))) / "checkpoint.pt"
+    if lead.setup.resume and path.exists():
+        saved = load_checkpoint(path, members)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        for generator, state in zip(generators, saved["generators"], strict=True):
+            generator.set_state(state)
+        step, states, done = saved["step"], saved["states"], saved["done"]
+        log.info("gpo: resumed from %s at step %d", path, step)
+    timing = {"step_s": 0.0, "validate_s": 0.0}
+    label = f"gpo seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+    progress = tqdm(total=s["max_steps"], initial=step, desc=label, unit="step")
+    while step < s["max_steps"] and not all(done):
+        tick = time.perf_counter()
+        losses = train_step(members, model, generators, optimizer, scheduler)
+        timing["step_s"] += time.perf_counter() - tick
+        step += 1
+        progress.update()
+        if step % s["eval_every"] == 0 or step == s["max_steps"]:
+            tick = time.perf_counter()
+            for i, (member, state) in enumerate(zip(members, states, strict=True)):
+                if done[i]:
+                    continue
+                member.model = model.members([i])
+                score = member.validate()
+                state["history"].append((step, float(losses[i]), score))
+                state["step"] = step
+                if score > state["best_score"]:
+                    state.update(best_score=score, best_step=step, stale=0, best_model=member.model.state_dict())
+                else:
+                    state["stale"] += 1
+                if s.get("patience") and state["stale"] >= s["patience"]:
+                    log.info(
+                        "gpo seed %d: no validation gain in %d evaluations; stopping at step %d",
+                        seeds[i],
+                        s["patience"],
+                        step,
+                    )
+                    done[i] = True
+            timing["validate_s"] += time.perf_counter() - tick
+            best = max(state["best_score"] for state in states)
+            progress.set_postfix(loss=f"{float(losses.mean()):.3f}", best=f"{best:.4f}")
+            save_checkpoint(path, members, model, optimizer, scheduler, generators, step, states, done)
+    progress.close()
+    for i, (member, state) in enumerate(zip(members, states, strict=True)):
+        member.model = model.members([i])
+        if state["best_model"] is not None:
+            member.model.load_state_dict(state["best_model"])
+    return [
+        {
+            "steps": state["step"],
+            "best_step": state["best_step"],
+            "best_validation": state["best_score"],
+            "history": state["history"],
+            "timing": timing,
+            "trained_with_seeds": seeds,
+        }
+        for state in states
+    ]
+
+
+def train_step(members: list[GPO], model: GPOEnsemble, generators, optimizer, scheduler) -> torch.Tensor:
+    """One meta-training step of every member: each samples its batch from its own generator; the loss
+    is the sum over members of each member's mean NLL over its target points. → per-member losses."""
+    model.train()
+    batch = make_batch([m.sample_parts(g) for m, g in zip(members, generators, strict=True)], members[0].device)
+    p, log_std = members[0].run_model(model, batch)
+    nll = gaussian_nll(p, log_std, batch.tgt_y)
+    counts = torch.bincount(batch.target_member, minlength=len(members))
+    losses = torch.zeros(len(members), device=nll.device).index_add(0, batch.target_member, nll) / counts
+    optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return losses.detach()
+
+
+def save_checkpoint(
+    path: Path, members: list[GPO], model, optimizer, scheduler, generators, step: int, states: list, done: list
+) -> None:
+    saved = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generators": [g.get_state() for g in generators],
+        "step": step,
+        "states": states,
+        "done": done,
+        "trained_on": [m.trained_on() for m in members],
+    }
+    write_atomic(path, lambda out: torch.save(saved, out))
+
+
+def load_checkpoint(path: Path, members: list[GPO]) -> dict:
+    """The saved training state; a file that cannot be read, or one trained on other data, settings or
+    seeds, is refused with a message naming the file and both sides."""
+    mine = [m.trained_on() for m in members]
+    try:
+        saved = torch.load(path, map_location=members[0].device, weights_only=False)
+    except Exception as error:  # noqa: BLE001  (truncated, foreign or not a torch file at all)
+        raise RuntimeError(
+            f"cannot resume from {path}: not a readable checkpoint ({type(error).__name__}: "
+            f"{str(error)[:160]}); delete it, or run without --resume (or with --force) to train from scratch"
+        ) from None
+    if not isinstance(saved, dict) or "generators" not in saved:
+        raise RuntimeError(f"cannot resume from {path}: written by an older gpo-bench; run again without --resume")
+    theirs = saved.get("trained_on") or [{}]
+    if theirs != mine:
+        first, own = theirs[0] or {}, mine[0]
+        keys = sorted(set(own["settings"]) | set(first.get("settings") or {}))
+        settings = [
+            f"{k}={(first.get('settings') or {}).get(k)!r} vs {own['settings'].get(k)!r}"
+            for k in keys
+            if (first.get("settings") or {}).get(k) != own["settings"].get(k)
+        ]
+        raise RuntimeError(
+            f"cannot resume from {path}: it was trained on data {first.get('data')} (seeds "
+            f"{[t.get('seed') for t in theirs]}), this run has data {own['data']} (seeds {[t['seed'] for t in mine]})"
+            + (f"; settings differ (checkpoint vs this run): {', '.join(settings)}" if settings else "")
+            + "; delete it, or run without --resume (or with --force) to train from scratch"
+        )
+    return saved
