@@ -1,16 +1,27 @@
-"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard` and `plot`."""
+"""The `gpo-bench` command line: `list`, `run`, `sweep`, `fetch`, `leaderboard` and `plot`.
+
+Heavy modules (torch, the models, the loaders and their data) are imported inside the commands, after
+the checks that need none of them, so that a mistyped name or flag is reported at once."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .cards import CardError, load_method_card, load_task_card, method_names, parse_overrides, task_names
+from .cards import (
+    CardError,
+    apply_overrides,
+    load_method_card,
+    load_task_card,
+    method_names,
+    parse_overrides,
+    task_names,
+)
 from .data import DataError
-from .encoders import ALIASES, DEFAULT_ENCODER
-from .loaders.common import DATA_ENV, resolve_data_dir
+from .encoders import ALIASES, DEFAULT_ENCODER, EncoderSpec
 from .registry import UnknownNameError
 
 log = logging.getLogger("gpo_bench")
@@ -43,20 +54,30 @@ def float_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def default_threads() -> None:
+    """OpenMP threads wait passively unless the user chose otherwise: spinning threads make torch's small
+    matrix products many times slower on a machine whose cores are busy (set before torch loads)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    print("tasks:")
-    for name in task_names():
-        print(f"  {name:<22} {load_task_card(name).description}")
-    print("methods:")
-    for name in method_names():
-        print(f"  {name:<22} {load_method_card(name).description}")
-    print("encoders:")
-    for name, description in ALIASES.items():
-        print(f"  {name:<22} {description}")
-    print(
-        f"  {'<hub id or path>':<22} any Hugging Face model; add ,pooling=mean|last,template=alpaca|llama2|chat|raw,"
-        "dtype=float32|bfloat16|float16,max_length=N"
-    )
+    sections = {
+        "tasks": [(name, load_task_card(name).description) for name in task_names()],
+        "methods": [(name, load_method_card(name).description) for name in method_names()],
+        "encoders": [
+            *ALIASES.items(),
+            (
+                "<hub id or path>",
+                "any Hugging Face model; add ,pooling=mean|last,template=alpaca|llama2|chat|raw,"
+                "dtype=float32|bfloat16|float16,max_length=N",
+            ),
+        ],
+    }
+    width = max(len(name) for rows in sections.values() for name, _ in rows)
+    for section, rows in sections.items():
+        print(f"{section}:")
+        for name, description in rows:
+            print(f"  {name:<{width}}  {description}")
     return 0
 
 
@@ -77,7 +98,23 @@ def print_table(result: dict) -> None:
     print(f"run folder: {result['run_folder']}")
 
 
+def check_run(args: argparse.Namespace) -> None:
+    """What `run` can check without data or models: names, card settings and flag ranges."""
+    load_task_card(args.task)
+    method_card = load_method_card(args.method)
+    apply_overrides(method_card.settings, parse_overrides(args.set), method_card)
+    EncoderSpec.parse(args.encoder)
+    if args.train_frac is not None and not 0 < args.train_frac < 1:
+        raise CardError(f"--train-frac {args.train_frac} must lie strictly between 0 and 1")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    check_run(args)
+    from .loaders import load_task
+    from .loaders.common import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    load_task(load_task_card(args.task), data_dir)  # a missing source is reported before torch loads
     from .runner import RunSpec, execute, run_id
 
     spec = RunSpec(
@@ -91,7 +128,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         limit_items=args.limit_items,
         overrides=parse_overrides(args.set),
     )
-    data_dir = resolve_data_dir(args.data_dir)
     result = execute(spec, data_dir, args.output_dir, args.device, args.force, args.resume, args.cache_dir)
     result["run_folder"] = str(args.output_dir / "runs" / run_id(result["spec"]))
     print_table(result)
@@ -99,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .loaders.common import resolve_data_dir
     from .sweep import Options, absolute, describe, make_grid, plan, sweep
 
     flags = {
@@ -122,6 +159,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     report = sweep(runs, options, args.jobs, args.backend, args.ray_address, args.cpus_per_run, args.gpus_per_run)
     print(report.summary(args.output_dir))
     return 1 if report.failed else 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    cards = [load_task_card(name) for name in args.task]
+    from .loaders.common import fetch
+
+    for card in cards:
+        for path in fetch(card, args.data_dir):
+            print(f"wrote {path}")
+    print(f"now pass --data-dir {args.data_dir} (or set GPO_BENCH_DATA={args.data_dir})")
+    return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -154,7 +202,8 @@ def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         default=None,
-        help=f"folder with the raw data (e.g. ../shared/data); default ${DATA_ENV}, else the Hub",
+        help="folder with the raw data (e.g. ../shared/data); default $GPO_BENCH_DATA, else the Hugging Face Hub "
+        "(`gpo-bench fetch` fills a folder from the Hub)",
     )
     parser.add_argument(
         "--output-dir", type=Path, default=Path("results"), help="where runs/ is written (default results)"
@@ -187,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--encoder",
         default=DEFAULT_ENCODER,
-        help="text encoder for methods that use features: minilm (default, offline), bow, a Hub id or a "
-        "local path, optionally followed by ,pooling=mean|last,template=alpaca|llama2|chat|raw,dtype=…",
+        help=f"text encoder for methods that use features: {', '.join(ALIASES)} (see `gpo-bench list`; default "
+        f"{DEFAULT_ENCODER}), a Hub id or a local path, optionally followed by "
+        ",pooling=mean|last,template=alpaca|llama2|chat|raw,dtype=…,max_length=N",
     )
     run.add_argument(
         "--shots",
@@ -297,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     sweep.set_defaults(func=cmd_sweep)
 
+    fetch = sub.add_parser(
+        "fetch",
+        help="download tasks' data from the Hugging Face Hub into a folder, in the layout --data-dir reads "
+        "(for machines without the Hub)",
+    )
+    fetch.add_argument("--task", type=str_list, required=True, help="comma-separated task card names")
+    fetch.add_argument("--data-dir", type=Path, required=True, help="folder to write into (created if needed)")
+    fetch.set_defaults(func=cmd_fetch)
+
     board = sub.add_parser(
         "leaderboard", help="write OUTPUT/leaderboard.{md,csv,html} from the run folders OUTPUT/runs/*/result.json"
     )
@@ -343,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    default_threads()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
