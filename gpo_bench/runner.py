@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from . import methods  # noqa: F401  (registers the methods)
@@ -287,6 +288,7 @@ def execute(
         "encoder": encoder_stats,
         "timings": timings,
         "device": device,
+        "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "versions": versions(),
         "git": git_state(),
     }
