@@ -98,6 +98,15 @@ def test_fetch_writes_the_local_layout(hub, tmp_path, capsys, name):
     assert load(name, target).fingerprint() == load(name, hub.root).fingerprint()
 
 
+def test_fetch_without_the_hub_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(common, "hub_unreachable", lambda: "https://hub.example cannot be reached (timeout)")
+    assert main(["fetch", "--task", "prism", "--data-dir", str(tmp_path / "fetched")]) == 2
+    assert "cannot fetch HannahRoseKirk/prism-alignment (configs survey, conversations)" in capsys.readouterr().err
+    assert main(["fetch", "--task", "opinionqa", "--data-dir", str(tmp_path / "fetched")]) == 2
+    assert "no Hugging Face Hub copy" in capsys.readouterr().err
+    assert not (tmp_path / "fetched").exists()
+
+
 def test_a_data_folder_with_part_of_a_task_names_what_is_missing(hub, tmp_path):
     (tmp_path / "part/prism").mkdir(parents=True)
     (tmp_path / "part/prism/survey.jsonl").write_text((hub.root / "prism/survey.jsonl").read_text())

@@ -142,20 +142,27 @@ def fetch(card: TaskCard, data_dir: Path) -> list[Path]:
     """Download the files a task reads from the Hub into `data_dir`, in the layout its loader reads
     (dataset splits as JSON lines of the rows `datasets` gives); each file is written whole or not at all."""
     if card.loader not in SOURCES or not card.hub_id:
-        raise DataError(f"task {card.name!r} has no Hugging Face Hub source to fetch; see `gpo-bench list`")
+        raise DataError(f"task {card.name!r} has no Hugging Face Hub copy to fetch; `gpo-bench run` says what it reads")
     files = SOURCES[card.loader](card)
+    problem = hub_unreachable()
+    if problem:
+        raise DataError(f"cannot fetch {hub_names(card, files)}: {problem}; fetch where the Hub is reachable")
     written = []
     for file in files:
         target = data_dir / (file.local if file.hub_path else file.local + ".jsonl")
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
-        if file.hub_path:
-            get = lambda f=file, out=partial: shutil.copyfile(download_hub_file(card, f), out)  # noqa: E731
-        else:
-            get = lambda f=file, out=partial: write_jsonl(load_hub_split(card, f), out)  # noqa: E731
         try:
-            from_hub(card, files, None, get)
+            if file.hub_path:
+                source = download_hub_file(card, file)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, partial)
+            else:
+                rows = load_hub_split(card, file)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_jsonl(rows, partial)
             os.replace(partial, target)
+        except Exception as error:  # gated, missing, a full disk: say which file
+            raise DataError(f"cannot fetch {target.name} of {hub_names(card, files)}: {first_line(error)}") from None
         finally:
             partial.unlink(missing_ok=True)
         written.append(target)
