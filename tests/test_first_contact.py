@@ -1,7 +1,8 @@
-"""The Hugging Face Hub paths of the loaders, without a network: `datasets.load_dataset` and
-`hf_hub_download` are replaced by fakes serving the fixtures in the Hub's own layout (dataset id,
-config and split; Arrow rows as `datasets` returns them), and the offline message is checked on the
-real libraries with an unreachable endpoint."""
+"""What a new user meets first. The Hugging Face Hub paths of the loaders, without a network:
+`datasets.load_dataset` and `hf_hub_download` are replaced by fakes serving the fixtures in the Hub's own
+layout (dataset id, config and split; Arrow rows as `datasets` returns them); the offline message on the
+real libraries with an unreachable endpoint; mistakes reported before any heavy import; `list` and
+`run --help`."""
 
 import os
 import subprocess
@@ -187,3 +188,14 @@ def test_cheap_mistakes_are_reported_before_any_heavy_import(tmp_path):
     assert "Did you mean minilm" in errors[2] and "max_step" in errors[3] and "--train-frac 1.5" in errors[4]
     done, _ = run_cli(["list"], {"OMP_WAIT_POLICY": "ACTIVE"}, tmp_path, code)
     assert done.stdout.split("\n")[-2] == "ACTIVE"  # a user's own setting is kept
+
+
+def test_list_aligns_every_description_and_run_help_names_every_encoder(capsys):
+    assert main(["list"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    starts = {len(line) - len(line.lstrip()[line.lstrip().index("  ") :].lstrip()) for line in rows}
+    assert len(rows) > 30 and len(starts) == 1  # one column, even after chatbot_arena_personalized
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in ("minilm", "bow", "smollm2"))
