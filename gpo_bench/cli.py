@@ -98,12 +98,21 @@ def print_table(result: dict) -> None:
     print(f"run folder: {result['run_folder']}")
 
 
+def check_names(tasks: tuple[str, ...], methods: tuple[str, ...], encoders: tuple[str, ...]) -> None:
+    """Unknown task, method or encoder names fail here, before torch or any data loads."""
+    for name in tasks:
+        load_task_card(name)
+    for name in methods:
+        load_method_card(name)
+    for encoder in encoders:
+        EncoderSpec.parse(encoder)
+
+
 def check_run(args: argparse.Namespace) -> None:
     """What `run` can check without data or models: names, card settings and flag ranges."""
-    load_task_card(args.task)
+    check_names((args.task,), (args.method,), (args.encoder,))
     method_card = load_method_card(args.method)
     apply_overrides(method_card.settings, parse_overrides(args.set), method_card)
-    EncoderSpec.parse(args.encoder)
     if args.train_frac is not None and not 0 < args.train_frac < 1:
         raise CardError(f"--train-frac {args.train_frac} must lie strictly between 0 and 1")
 
@@ -135,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    check_names(args.tasks or (), args.methods or (), args.encoders or ())  # --file names: when it is read
     from .loaders.common import resolve_data_dir
     from .sweep import Options, absolute, describe, make_grid, plan, sweep
 

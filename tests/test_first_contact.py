@@ -177,6 +177,7 @@ def test_cheap_mistakes_are_reported_before_any_heavy_import(tmp_path):
         "run --task prism --method gpo --encoder minlm",
         "run --task prism --method gpo --set max_step=10",
         "run --task prism --method gpo --train-frac 1.5",
+        "sweep --tasks prism,opinonqa --methods gpo",
     ]
     done, _ = run_cli(mistakes, {}, tmp_path, code)
     *codes, heavy, policy = done.stdout.split("\n")[:-1]
@@ -186,6 +187,7 @@ def test_cheap_mistakes_are_reported_before_any_heavy_import(tmp_path):
     errors = done.stderr.splitlines()
     assert "unknown task 'prsim'" in errors[0] and "unknown method 'gop'" in errors[1]
     assert "Did you mean minilm" in errors[2] and "max_step" in errors[3] and "--train-frac 1.5" in errors[4]
+    assert "unknown task 'opinonqa'" in errors[5]
     done, _ = run_cli(["list"], {"OMP_WAIT_POLICY": "ACTIVE"}, tmp_path, code)
     assert done.stdout.split("\n")[-2] == "ACTIVE"  # a user's own setting is kept
 
