@@ -13,12 +13,15 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
 from ..cards import TaskCard
 from ..data import DataError
+
+if TYPE_CHECKING:
+    import datasets
 
 T = TypeVar("T")
 
@@ -115,7 +118,7 @@ def from_hub(card: TaskCard, files: list[SourceFile], data_dir: Path | None, get
         raise hub_error(card, files, data_dir, first_line(error)) from None
 
 
-def load_hub_split(card: TaskCard, file: SourceFile):  # -> datasets.Dataset
+def load_hub_split(card: TaskCard, file: SourceFile) -> datasets.Dataset:
     import datasets
 
     return datasets.load_dataset(card.hub_id, file.config, split=file.split)
