@@ -1,9 +1,14 @@
-"""The `gpo-bench` command line: `list`, `run`, `sweep`, `leaderboard`, `compare`, `plot` and `report`."""
+"""The `gpo-bench` command line: `list`, `run`, `sweep`, `fetch`, `leaderboard`, `compare`, `plot` and
+`report`.
+
+Heavy modules (torch, the models, the loaders and their data) are imported inside the commands, after
+the checks that need none of them, so that a mistyped name or flag is reported at once."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sqlite3
 import sys
 import traceback
@@ -15,6 +20,7 @@ from .cards import (
     SPEC_LIMITS,
     CardError,
     Limit,
+    apply_overrides,
     card_origin,
     load_method_card,
     load_task_card,
@@ -23,8 +29,7 @@ from .cards import (
     task_names,
 )
 from .data import DataError
-from .encoders import ALIASES, DEFAULT_ENCODER
-from .loaders.common import DATA_ENV, resolve_data_dir
+from .encoders import ALIASES, DEFAULT_ENCODER, EncoderSpec
 from .plugins import INCLUDE_ENV, PluginError, add_include_paths
 from .plugins import load as load_plugins
 from .registry import UnknownNameError
@@ -61,23 +66,33 @@ def str_list(text: str) -> tuple[str, ...]:
     return values
 
 
+def default_threads() -> None:
+    """OpenMP threads wait passively unless the user chose otherwise: spinning threads make torch's small
+    matrix products many times slower on a machine whose cores are busy (set before torch loads)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     load_plugins()  # so a broken plugin module is reported here too
-    print("tasks:")
-    for name in task_names():
-        card = load_task_card(name)
-        print(f"  {name:<22} {card.description} [{card_origin(card.path)}]")
-    print("methods:")
-    for name in method_names():
-        card = load_method_card(name)
-        print(f"  {name:<22} {card.description} [{card_origin(card.path)}]")
-    print("encoders:")
-    for name, description in ALIASES.items():
-        print(f"  {name:<22} {description}")
-    print(
-        f"  {'<hub id or path>':<22} any Hugging Face model; add ,pooling=mean|last,template=alpaca|llama2|chat|raw,"
-        "dtype=float32|bfloat16|float16,max_length=N"
-    )
+    tasks = [load_task_card(name) for name in task_names()]
+    methods = [load_method_card(name) for name in method_names()]
+    sections = {
+        "tasks": [(c.name, f"{c.description} [{card_origin(c.path)}]") for c in tasks],
+        "methods": [(c.name, f"{c.description} [{card_origin(c.path)}]") for c in methods],
+        "encoders": [
+            *ALIASES.items(),
+            (
+                "<hub id or path>",
+                "any Hugging Face model; add ,pooling=mean|last,template=alpaca|llama2|chat|raw,"
+                "dtype=float32|bfloat16|float16,max_length=N",
+            ),
+        ],
+    }
+    width = max(len(name) for rows in sections.values() for name, _ in rows)
+    for section, rows in sections.items():
+        print(f"{section}:")
+        for name, description in rows:
+            print(f"  {name:<{width}}  {description}")
     return 0
 
 
@@ -127,7 +142,30 @@ def print_table(result: dict) -> None:
     print(f"run folder: {result['run_folder']}")
 
 
+def check_names(tasks: tuple[str, ...], methods: tuple[str, ...], encoders: tuple[str, ...]) -> None:
+    """Unknown task, method or encoder names fail here, before torch or any data loads."""
+    for name in tasks:
+        load_task_card(name)
+    for name in methods:
+        load_method_card(name)
+    for encoder in encoders:
+        EncoderSpec.parse(encoder)
+
+
+def check_run(args: argparse.Namespace) -> None:
+    """What `run` can check without data or models: names, card settings and flag ranges."""
+    check_names((args.task,), (args.method,), (args.encoder,))
+    method_card = load_method_card(args.method)
+    apply_overrides(method_card.settings, parse_overrides(args.set), method_card)  # ranges: the flags' types
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    check_run(args)
+    from .loaders import load_task
+    from .loaders.common import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    load_task(load_task_card(args.task), data_dir)  # a missing source is reported before torch loads
     from .runner import RunSpec, execute, run_id
 
     spec = RunSpec(
@@ -141,7 +179,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         limit_items=args.limit_items,
         overrides=parse_overrides(args.set),
     )
-    data_dir = resolve_data_dir(args.data_dir)
     result = execute(spec, data_dir, args.output_dir, args.device, args.force, args.resume, args.cache_dir)
     result["run_folder"] = str(args.output_dir / "runs" / run_id(result["spec"]))
     if result.get("reused"):
@@ -151,6 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    check_names(args.tasks or (), args.methods or (), args.encoders or ())  # --file names: when it is read
+    from .loaders.common import resolve_data_dir
     from .sweep import Options, absolute, describe, make_grid, plan, sweep
 
     flags = {
@@ -174,6 +213,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     report = sweep(runs, options, args.jobs, args.backend, args.ray_address, args.cpus_per_run, args.gpus_per_run)
     print(report.summary(args.output_dir))
     return 1 if report.failed or report.stopped else 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    cards = [load_task_card(name) for name in args.task]
+    from .loaders.common import fetch
+
+    for card in cards:
+        for path in fetch(card, args.data_dir):
+            print(f"wrote {path}")
+    print(f"now pass --data-dir {args.data_dir} (or set GPO_BENCH_DATA={args.data_dir})")
+    return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -250,7 +300,8 @@ def add_run_location_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         default=None,
-        help=f"folder with the raw data (e.g. ../shared/data); default ${DATA_ENV}, else the Hub",
+        help="folder with the raw data (e.g. ../shared/data); default $GPO_BENCH_DATA, else the Hugging Face Hub "
+        "(`gpo-bench fetch` fills a folder from the Hub)",
     )
     parser.add_argument(
         "--output-dir", type=Path, default=Path("results"), help="where runs/ is written (default results)"
@@ -301,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--encoder",
         default=DEFAULT_ENCODER,
-        help="text encoder for methods that use features: minilm (default, offline), bow, a Hub id or a "
-        "local path, optionally followed by ,pooling=mean|last,template=alpaca|llama2|chat|raw,dtype=…",
+        help=f"text encoder for methods that use features: {', '.join(ALIASES)} (see `gpo-bench list`; default "
+        f"{DEFAULT_ENCODER}), a Hub id or a local path, optionally followed by "
+        ",pooling=mean|last,template=alpaca|llama2|chat|raw,dtype=…,max_length=N",
     )
     run.add_argument(
         "--shots",
@@ -433,6 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     sweep.set_defaults(func=cmd_sweep)
 
+    fetch = sub.add_parser(
+        "fetch",
+        help="download tasks' data from the Hugging Face Hub into a folder, in the layout --data-dir reads "
+        "(for machines without the Hub)",
+    )
+    fetch.add_argument("--task", type=str_list, required=True, help="comma-separated task card names")
+    fetch.add_argument("--data-dir", type=Path, required=True, help="folder to write into (created if needed)")
+    fetch.set_defaults(func=cmd_fetch)
+
     board = sub.add_parser(
         "leaderboard", help="write OUTPUT/leaderboard.{md,csv,html} from the run folders OUTPUT/runs/*/result.json"
     )
@@ -544,6 +605,7 @@ EXPECTED_ERRORS = (DataError, CardError, PluginError, UnknownNameError, OSError,
 
 
 def main(argv: list[str] | None = None) -> int:
+    default_threads()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

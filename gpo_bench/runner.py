@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -21,22 +22,21 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from . import (
-    loaders,  # noqa: F401  (registers the loaders)
-    methods,  # noqa: F401  (registers the methods)
-)
+from . import methods  # noqa: F401  (registers the methods)
 from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
 from .data import DataError, TaskData
 from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec, resolve_device
 from .features import build_features
 from .files import file_digest, folder_lock, remove_temp_files, write_atomic
+from .loaders import load_task
 from .methods.base import Setup
 from .metrics import CEILING_METHOD, group_table, item_score, sampling_ceiling, summarize
 from .protocol import Episode, derived_rng, draw_episode, make_split, visible_task
-from .registry import LOADERS, METHODS
+from .registry import METHODS
 from .stats import CI_METHOD, grand_mean
 
 log = logging.getLogger(__name__)
@@ -95,19 +95,6 @@ def file_sha(path: str) -> str:
 def run_id(resolved: dict) -> str:
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
     return f"{resolved['task']}--{resolved['method']}--{digest}"
-
-
-_TASKS: dict[tuple[str, str], TaskData] = {}
-
-
-def load_task(card: TaskCard, data_dir: Path | None) -> TaskData:
-    """Load (once per process) and validate a task through its card's loader."""
-    key = (card.path, str(data_dir))
-    if key not in _TASKS:
-        _TASKS[key] = LOADERS.get(card.loader)(card, data_dir)
-        task = _TASKS[key]
-        log.info("task %s: %d groups, %d items; dropped %s", card.name, len(task.groups), len(task.items), task.drops)
-    return _TASKS[key]
 
 
 def limit_items(task: TaskData, limit: int | None) -> TaskData:
@@ -484,6 +471,7 @@ def _execute(
         "encoder": encoder_stats,
         "timings": timings,
         "device": device,
+        "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "versions": versions(),
         "git": git_state(),
     }

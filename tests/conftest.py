@@ -1,10 +1,14 @@
 """Shared test settings: the real data folder (GPO_BENCH_DATA, else ../shared/data beside the
-checkout) and an embedding cache shared by the whole session."""
+checkout), an embedding cache shared by the whole session, and OpenMP threads that wait passively
+(as the CLI's default) unless OMP_WAIT_POLICY is set: with spinning threads the suite crawls on a
+machine whose cores other jobs use."""
 
 import os
 from pathlib import Path
 
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before any test module imports torch
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("GPO_BENCH_DATA", REPO.parent / "shared" / "data"))

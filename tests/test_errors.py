@@ -14,7 +14,8 @@ def test_missing_data_folder_says_what_to_pass(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GPO_BENCH_DATA", raising=False)
     assert main(["run", "--task", "opinionqa", "--method", "uniform", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "opinionqa/human_resp does not exist" in err and "Pass --data-dir DIR" in err
+    assert f"it reads opinionqa/human_resp/ under the data folder; {tmp_path} does not hold them" in err
+    assert "no Hugging Face Hub copy" in err and "tatsu-lab/opinions_qa" in err and "pass --data-dir DIR" in err
     assert main(["run", "--task", "opinionqa", "--method", "uniform", "--data-dir", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
 

@@ -72,7 +72,7 @@ def test_opinionqa_22group_rows_on_real_data(data_dir):
 
 
 def test_opinionqa_without_data_says_what_to_pass():
-    with pytest.raises(DataError, match="Pass --data-dir DIR .*GPO_BENCH_DATA"):
+    with pytest.raises(DataError, match="pass --data-dir DIR .*GPO_BENCH_DATA"):
         load_opinionqa(load_task_card("opinionqa"), None)
 
 

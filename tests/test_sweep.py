@@ -182,6 +182,10 @@ def test_two_jobs_give_the_same_run_folders_as_one(tmp_path):
     assert main([*args, "--jobs", "2", "--output-dir", str(tmp_path / "two")]) == 0
     one, two = results(tmp_path / "one"), results(tmp_path / "two")
     assert len(one) == 6 and one == two
+    threads = [json.loads(p.read_text())["threads"] for p in (tmp_path / "two" / "runs").glob("*/result.json")]
+    cores = len(os.sched_getaffinity(0))
+    policy = os.environ["OMP_WAIT_POLICY"]  # the user's, else the CLI's default
+    assert threads == [{"torch": max(1, cores // 2), "omp_wait_policy": policy}] * 6  # each worker its share
 
 
 @pytest.mark.slow

@@ -1,8 +1,15 @@
 """Loaders turn a raw source into the data model (`TaskData`) and nothing else; each registers
 itself in `LOADERS` under the name task cards use. `survey` and `user_pairs` read your own data in
-two documented formats."""
+two documented formats. `load_task` loads a task once per process."""
 
-from ..registry import LOADERS  # noqa: E402  (re-exported, filled by the imports above)
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..cards import TaskCard
+from ..data import TaskData
+from ..registry import LOADERS
 from . import (  # noqa: F401  (registration)
     globalopinionqa,
     opinionqa,
@@ -13,4 +20,17 @@ from . import (  # noqa: F401  (registration)
     user_pairs,
 )
 
-__all__ = ["LOADERS"]
+__all__ = ["LOADERS", "load_task"]
+
+log = logging.getLogger(__name__)
+_TASKS: dict[tuple[str, str], TaskData] = {}
+
+
+def load_task(card: TaskCard, data_dir: Path | None) -> TaskData:
+    """Load (once per process) and validate a task through its card's loader."""
+    key = (card.path, str(data_dir))
+    if key not in _TASKS:
+        _TASKS[key] = LOADERS.get(card.loader)(card, data_dir)
+        task = _TASKS[key]
+        log.info("task %s: %d groups, %d items; dropped %s", card.name, len(task.groups), len(task.items), task.drops)
+    return _TASKS[key]

@@ -14,7 +14,7 @@ import numpy as np
 from ..cards import TaskCard
 from ..data import DataError, Group, Item, TaskData, normalize
 from ..registry import LOADERS
-from .common import no_source_error, parse_literal, read_csv
+from .common import SOURCES, SourceFile, download_hub_file, from_hub, parse_literal, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +39,18 @@ def item_id(question: str, options: list[str]) -> str:
 
 
 def find_csvs(card: TaskCard, data_dir: Path | None) -> list[Path]:
+    """Every `globalopinionqa/*.csv` of the data folder, else the Hub's CSV (kept in the Hub cache)."""
     folder = data_dir / LOCAL if data_dir else None
     if folder is not None and folder.is_dir():
         paths = sorted(folder.glob("*.csv"))
         if not paths:
             raise DataError(f"{folder}: no *.csv file with the columns of {card.hub_id}/{HUB_FILE}")
         return paths
-    try:
-        from huggingface_hub import hf_hub_download
+    files = SOURCES[card.loader](card)
+    return [from_hub(card, files, data_dir, lambda: download_hub_file(card, files[0]))]
 
-        return [Path(hf_hub_download(card.hub_id, HUB_FILE, repo_type="dataset"))]
-    except Exception as error:  # offline, gated, or missing: all mean "the Hub cannot serve it"
-        raise no_source_error(
-            card.name, LOCAL, data_dir, f"the Hub could not serve {card.hub_id} ({type(error).__name__})"
-        ) from None
+
+SOURCES["globalopinionqa"] = lambda card: [SourceFile(f"{LOCAL}/global_opinions.csv", hub_path=HUB_FILE)]
 
 
 @LOADERS.register("globalopinionqa", "GlobalOpinionQA: Anthropic/llm_global_opinions or a local CSV")

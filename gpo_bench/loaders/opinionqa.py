@@ -262,7 +262,16 @@ def load_rows(path: Path, wave_items: dict[str, Item], wanted: list[str], groups
 def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
     release = data_dir / RELEASE if data_dir else None
     if release is None or not release.is_dir():
-        raise no_source_error(card.name, RELEASE, data_dir, "OpinionQA has no Hugging Face Hub copy")
+        rows = [card.source.get("rows_file", ROWS_FILE)] if card.source.get("format") == "rows" else []
+        raise no_source_error(
+            card,
+            [f"{RELEASE}/", *rows],
+            data_dir,
+            "OpinionQA has no Hugging Face Hub copy",
+            f"Put the OpinionQA release's human_resp/ folder in DIR/{RELEASE} (it is data/human_resp of "
+            "github.com/tatsu-lab/opinions_qa at commit ed8c4e0)"
+            + (f", and the rows file of BunsenFeng/modular_pluralism in DIR/{rows[0]}." if rows else "."),
+        )
     fmt = card.source.get("format", "auto")
     if fmt not in FORMATS:
         raise DataError(f"{card.path}: source.format must be one of {FORMATS}, got {fmt!r}")

@@ -21,46 +21,76 @@ from ..cards import TaskCard
 from ..data import DataError, Group, Item, TaskData
 from ..protocol import md5_seed
 from ..registry import LOADERS
-from .common import no_source_error, row_errors
+from .common import SOURCES, SourceFile, hub_rows, row_errors
 
 EMPTY = {"", "EMPTY STRING"}
 
 
-def read_split(data_dir: Path | None, relative: str, card: TaskCard, hub_split: str) -> list[dict]:
-    """Rows of one split: `<data_dir>/<relative>.jsonl` or `.parquet`, else the Hub via `datasets`."""
-    if data_dir is not None:
-        for suffix in (".jsonl", ".parquet"):
-            path = data_dir / (relative + suffix)
-            if path.exists():
-                if suffix == ".parquet":
-                    try:
-                        return pd.read_parquet(path).to_dict("records")
-                    except Exception as error:  # noqa: BLE001  (pyarrow raises many kinds)
-                        raise DataError(f"{path}: not a readable parquet file ({type(error).__name__})") from None
-                rows = []
-                try:
-                    text = path.read_text(encoding="utf-8")
-                except UnicodeDecodeError as error:
-                    raise DataError(f"{path}: not UTF-8 text ({error})") from None
-                for number, line in enumerate(text.splitlines(), start=1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as error:
-                            raise DataError(f"{path} line {number}: not valid JSON ({error})") from None
-                        if not isinstance(rows[-1], dict):
-                            raise DataError(f"{path} line {number}: expected a JSON object, got {line[:60]!r}")
-                        rows[-1]["_where"] = f"{path} line {number}"
-                return rows
+def read_file(path: Path) -> list[dict]:
+    """The rows of a JSON lines or parquet file, each JSON line's row knowing where it came from; an unreadable
+    file or line is a DataError naming it."""
+    if path.suffix == ".parquet":
+        try:
+            return pd.read_parquet(path).to_dict("records")
+        except Exception as error:  # noqa: BLE001  (pyarrow raises many kinds)
+            raise DataError(f"{path}: not a readable parquet file ({type(error).__name__})") from None
     try:
-        import datasets
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} line {number}: not valid JSON ({error})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object, got {line[:60]!r}")
+            rows.append({**row, "_where": f"{path} line {number}"})
+    return rows
 
-        config = card.source.get("hub_config")
-        return list(datasets.load_dataset(card.hub_id, config, split=hub_split))
-    except Exception as error:  # no package, offline, gated: all mean "the Hub cannot serve it"
-        raise no_source_error(
-            card.name, relative + ".jsonl", data_dir, f"the Hub could not serve {card.hub_id} ({type(error).__name__})"
-        ) from None
+
+def read_source(card: TaskCard, data_dir: Path | None) -> list[list[dict]]:
+    """The rows of each file the task reads (`SOURCES`): `<data_dir>/<local>.jsonl` or `.parquet` where the
+    data folder holds any of them (then it must hold all), else the card's Hub dataset via `datasets`."""
+    files = SOURCES[card.loader](card)
+    if data_dir is not None:
+        found = [next((p for p in paths(data_dir, f) if p.exists()), None) for f in files]
+        if any(found):
+            missing = [f.describe() for f, path in zip(files, found, strict=True) if path is None]
+            if missing:
+                raise DataError(
+                    f"task {card.name!r} reads {', '.join(f.describe() for f in files)} under {data_dir}; "
+                    f"missing: {', '.join(missing)}"
+                )
+            return [read_file(path) for path in found]
+    return hub_rows(card, files, data_dir)
+
+
+def paths(data_dir: Path, file: SourceFile) -> list[Path]:
+    return [data_dir / (file.local + suffix) for suffix in (".jsonl", ".parquet")]
+
+
+def personal_reward_bench_files(card: TaskCard) -> list[SourceFile]:
+    folder = card.source.get("folder", "prism_personalized")
+    return [SourceFile(f"{folder}/{split}", split=split) for split in ("train", "validation", "test")]
+
+
+SOURCES.update(
+    {
+        "reddit_tldr": lambda card: [
+            SourceFile(f"reddit_tldr/comparisons/{split}", card.source.get("hub_config"), split)
+            for split in ("train", "validation")
+        ],
+        "prism": lambda card: [
+            SourceFile("prism/survey", "survey"),
+            SourceFile("prism/conversations", "conversations"),
+        ],
+        "chatbot_arena": lambda card: [SourceFile("chatbot_arena/train")],
+        "personal_reward_bench": personal_reward_bench_files,
+    }
+)
 
 
 def field(row: dict, name: str, types: type | tuple) -> object:
@@ -118,8 +148,10 @@ def chat_text(turns: list[dict]) -> str:
 @LOADERS.register("reddit_tldr", "openai/summarize_from_feedback comparisons (user = worker)")
 def load_reddit_tldr(card: TaskCard, data_dir: Path | None) -> TaskData:
     builder = PairBuilder(card)
-    for split, part in (("train", "train"), ("validation", "test")):
-        for index, row in enumerate(read_split(data_dir, f"reddit_tldr/comparisons/{split}", card, split)):
+    for (split, part), rows in zip(
+        (("train", "train"), ("validation", "test")), read_source(card, data_dir), strict=True
+    ):
+        for index, row in enumerate(rows):
             where = row.get("_where", f"{split} row {index}")
             with row_errors(where):
                 info = field(row, "info", dict)
@@ -137,11 +169,11 @@ def load_reddit_tldr(card: TaskCard, data_dir: Path | None) -> TaskData:
 @LOADERS.register("prism", "HannahRoseKirk/prism-alignment conversations (user = user_id), MRM pairing")
 def load_prism(card: TaskCard, data_dir: Path | None) -> TaskData:
     settings = {"min_dialogs": 6, "seed": 0, **card.source}
-    survey = read_split(data_dir, "prism/survey", card, "train")
+    survey, conversations = read_source(card, data_dir)
     active = {str(field(r, "user_id", str)) for r in survey if r.get("num_completed_conversations", 0)}
     dialogs: dict[str, list[tuple[str, list]]] = {}
     builder = PairBuilder(card)
-    for row in read_split(data_dir, "prism/conversations", card, "train"):
+    for row in conversations:
         where = row.get("_where", "a prism/conversations row") if isinstance(row, dict) else "a row"
         with row_errors(where):
             user = str(field(row, "user_id", str))
@@ -184,7 +216,8 @@ def load_chatbot_arena(card: TaskCard, data_dir: Path | None) -> TaskData:
     settings = {"ties": "drop", "seed": 0, **card.source}
     builder = PairBuilder(card)
     by_user: dict[str, list] = {}
-    for index, row in enumerate(read_split(data_dir, "chatbot_arena/train", card, "train")):
+    (rows,) = read_source(card, data_dir)
+    for index, row in enumerate(rows):
         where = row.get("_where", f"train row {index}")
         with row_errors(where):
             winner = field(row, "winner", str)
@@ -217,8 +250,8 @@ def load_chatbot_arena(card: TaskCard, data_dir: Path | None) -> TaskData:
 def load_personal_reward_bench(card: TaskCard, data_dir: Path | None) -> TaskData:
     folder = card.source.get("folder", "prism_personalized")
     builder = PairBuilder(card)
-    for split in ("train", "validation", "test"):
-        for index, row in enumerate(read_split(data_dir, f"{folder}/{split}", card, split)):
+    for split, rows in zip(("train", "validation", "test"), read_source(card, data_dir), strict=True):
+        for index, row in enumerate(rows):
             where = row.get("_where", f"{split} row {index}")
             with row_errors(where):
                 part = field(row, "split", str)
