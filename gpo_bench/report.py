@@ -27,7 +27,17 @@ from pathlib import Path
 
 from .data import DataError
 from .files import write_atomic
-from .leaderboard import OVERALL, Run, cell_stats, group_metric, group_stats, load_runs
+from .leaderboard import (
+    OVERALL,
+    SIMPLE_BASELINES,
+    Run,
+    cell_stats,
+    column_bounds,
+    group_metric,
+    group_stats,
+    load_runs,
+    paired,
+)
 from .metrics import item_score
 
 log = logging.getLogger(__name__)
@@ -65,6 +75,31 @@ def _stats(stats) -> dict:
     return out
 
 
+def add_paired_differences(board: list[dict], cells: dict[tuple[str, float, str], list[Run]]) -> None:
+    """Each board row's paired difference to the strongest simple baseline of its (train fraction, users, K),
+    over the same episodes (as the leaderboard's), where the runs can be paired."""
+    by_column: dict[tuple, list[dict]] = defaultdict(list)
+    for entry in board:
+        by_column[(entry["train_frac"], entry["subset"], entry["shots"])].append(entry)
+    for (frac, subset, shots), entries in by_column.items():
+        baselines = [e for e in entries if e["method"].partition(" [")[0] in SIMPLE_BASELINES]
+        if not baselines:
+            continue
+        best = max(baselines, key=lambda e: e["mean"])
+        for entry in entries:
+            if entry is best:
+                continue
+            try:
+                diff = paired(
+                    cells[(entry["method"], frac, subset)], cells[(best["method"], frac, subset)], shots, subset
+                )
+            except DataError:
+                continue
+            entry["minus_best_baseline"] = round(diff.mean, 6)
+            entry["paired_ci"] = [round(diff.ci[0], 6), round(diff.ci[1], 6)]
+            entry["best_baseline"] = best["method"]
+
+
 def task_board(runs: list[Run]) -> tuple[list[dict], list[dict]]:
     """Board rows (row × train fraction × subset × K, aggregated like the leaderboard) and the group ×
     method tables (one per train fraction × K, overall)."""
@@ -74,8 +109,12 @@ def task_board(runs: list[Run]) -> tuple[list[dict], list[dict]]:
             cells[(run.row, run.train_frac, subset)].append(run)
     board = []
     for (row, frac, subset), cell_runs in sorted(cells.items()):
+        column_runs = [r for r in runs if math.isclose(r.train_frac, frac)]
         for shots in sorted(set().union(*(r.shots(subset) for r in cell_runs))):
             stats = cell_stats(cell_runs, shots, subset)
+            bounds = column_bounds(column_runs, shots) if subset == OVERALL else None
+            if stats is not None and bounds is not None and (headroom := bounds.headroom(stats.mean)) is not None:
+                stats = dataclasses.replace(stats, headroom=headroom)
             if stats is not None:
                 used = [
                     r.folder.name for r in sorted(cell_runs, key=lambda r: r.seeds) if (shots, subset) in r.per_group
@@ -83,6 +122,7 @@ def task_board(runs: list[Run]) -> tuple[list[dict], list[dict]]:
                 board.append(
                     {"method": row, "train_frac": frac, "subset": subset, "shots": shots, **_stats(stats), "runs": used}
                 )
+    add_paired_differences(board, cells)
     tables = []
     for frac in sorted({r.train_frac for r in runs}):
         frac_runs = [r for r in runs if math.isclose(r.train_frac, frac)]

@@ -264,7 +264,11 @@ def read_rows(path: Path, required: list[str]) -> Iterator[tuple[str, dict]]:
     JSON line) are checked; the error names what is missing."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text ({error})") from None
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{path} line {number}"
@@ -286,6 +290,8 @@ def read_rows(path: Path, required: list[str]) -> Iterator[tuple[str, dict]]:
             frame, first = pd.read_parquet(path), 1
         except ImportError as error:
             raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow): {error}") from None
+        except Exception as error:  # noqa: BLE001  (pyarrow raises many kinds)
+            raise DataError(f"{path}: not a readable parquet file ({type(error).__name__})") from None
         missing = [c for c in required if c not in frame.columns]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}; has {list(frame.columns)[:12]}")

@@ -9,46 +9,24 @@ one file per split; ../shared/data/SCHEMAS.md), or from the Hub with the `datase
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..cards import TaskCard
 from ..data import DataError, Group, Item, TaskData
 from ..protocol import md5_seed
 from ..registry import LOADERS
-from .common import SOURCES, SourceFile, hub_rows, row_errors
+from .common import SOURCES, SourceFile, hub_rows, read_rows, row_errors
 
 EMPTY = {"", "EMPTY STRING"}
 
 
 def read_file(path: Path) -> list[dict]:
-    """The rows of a JSON lines or parquet file, each JSON line's row knowing where it came from; an unreadable
-    file or line is a DataError naming it."""
-    if path.suffix == ".parquet":
-        try:
-            return pd.read_parquet(path).to_dict("records")
-        except Exception as error:  # noqa: BLE001  (pyarrow raises many kinds)
-            raise DataError(f"{path}: not a readable parquet file ({type(error).__name__})") from None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path} line {number}: not valid JSON ({error})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {number}: expected a JSON object, got {line[:60]!r}")
-            rows.append({**row, "_where": f"{path} line {number}"})
-    return rows
+    """The rows of a JSON lines or parquet file, each knowing where it came from (`_where`)."""
+    return [{**row, "_where": where} for where, row in read_rows(path, [])]
 
 
 def read_source(card: TaskCard, data_dir: Path | None) -> list[list[dict]]:

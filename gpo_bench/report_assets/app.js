@@ -140,7 +140,7 @@
         label: k.replace(/_/g, " "),
         num: true,
         value: (r) => (Array.isArray(r[k]) ? r[k][0] : r[k]),
-        render: (r) => (Array.isArray(r[k]) ? ci(r[k]) : typeof r[k] === "number" ? f3(r[k]) : ""),
+        render: (r) => (Array.isArray(r[k]) ? ci(r[k]) : typeof r[k] === "number" ? f3(r[k]) : (r[k] ?? "")),
       })),
       { key: "n_runs", label: "n runs", num: true },
       { key: "n_groups", label: "groups", num: true },
