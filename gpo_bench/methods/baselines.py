@@ -124,8 +124,8 @@ class GroupMix(SeenGroupsMixture):
         def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w = np.exp(theta - theta.max())
             w /= w.sum()
-            mass = answered @ w
-            gap = cls.mix(w, answers, answered) - wanted
+            mass = answered @ w  # computed once per evaluation: the mixture and its gradient both divide by it
+            gap = np.einsum("ig,igc->ic", answered * w, answers) / mass[:, None] - wanted
             # d mix[i, c] / d w[g] = answered[i, g] (answers[i, g, c] - mix[i, c]) / mass[i]
             spread = answers - (gap + wanted)[:, None, :]
             grad_w = 2 * np.einsum("ic,ig,igc->g", gap / mass[:, None], answered, spread)
