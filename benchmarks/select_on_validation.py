@@ -28,9 +28,13 @@ from gpo_bench.runner import load_task
 from gpo_bench.stats import grand_mean
 
 
-def validation_score(task, split: Split, method_name: str, settings: dict, seed: int, shots: list[int], features):
-    """Mean alignment over the validation groups (as test groups, meta-train groups seen) per K."""
-    as_test = Split(train=split.train, validation=(), test=split.validation)
+def validation_score(
+    task, split: Split, method_name: str, settings: dict, seed: int, shots: list[int], features, val_frac: float
+):
+    """Mean alignment over the validation groups (as test groups, meta-train groups seen) per K. A method that
+    chooses its checkpoint on validation groups gets the last `val_frac` share of the meta-train groups for it."""
+    held = max(1, round(len(split.train) * val_frac))
+    as_test = Split(train=split.train[:-held], validation=split.train[-held:], test=split.validation)
     card = load_method_card(method_name)
     method = METHODS.get(card.implementation)(
         settings, Setup(visible_task(task, as_test), as_test, seed, "cpu", Path("/tmp"), features)
@@ -78,7 +82,7 @@ def main() -> None:
                 cells = {k: [] for k in shots}
                 for seed in (int(s) for s in args.seeds.split(",")):
                     for k, records in validation_score(
-                        task, split, args.method, settings, seed, shots, features
+                        task, split, args.method, settings, seed, shots, features, task_card.val_frac
                     ).items():
                         cells[k] += records
                 means = [grand_mean(group_table(cells[k])[0]) for k in shots]

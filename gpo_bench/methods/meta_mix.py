@@ -1,0 +1,285 @@
+"""meta-mix: a differentiable, meta-trained group-mix. A test group's answer to an item is predicted as the
+seen groups' population answer plus a signed combination of each seen group's deviation from it; the
+combination is a ridge regression of the group's K context answers on the seen groups' deviations, solved in
+closed form. Signed weights can express what a convex mixture cannot (a group as the population minus its
+complement). A text kernel then carries the group's context residuals to target candidates with similar
+embeddings. The ridge path (its strength as a function of K), the kernel's temperature and the residual's
+gain are meta-trained by gradient descent through the closed-form fit, on episodes of the meta-train groups
+with each group left out of its own sources; the step kept is the one best on the validation groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import TaskData
+from ..protocol import Episode, draw_episode
+from ..registry import METHODS
+from .base import Method
+
+PARAMETERS = ("log_ridge", "ridge_slope", "log_temperature", "residual_gain")
+
+
+class Sources:
+    """The answers of one set of source groups, per item: the population (their mean over those that answered)
+    and each source's deviation from it (zero where a source did not answer). Built for a set that never holds
+    the group being predicted: in meta-training, the group is left out of its own sources."""
+
+    def __init__(self, task: TaskData, sources: tuple[str, ...]) -> None:
+        self.groups = sources
+        self.population: dict[str, np.ndarray] = {}
+        self.deviation: dict[str, np.ndarray] = {}  # item → (candidates, sources)
+        for item in task.items:
+            answered = [j for j, g in enumerate(sources) if item in task.groups[g].targets]
+            if not answered:
+                continue
+            answers = np.stack([task.groups[sources[j]].targets[item] for j in answered])
+            self.population[item] = answers.mean(axis=0)
+            deviation = np.zeros((answers.shape[1], len(sources)))
+            deviation[:, answered] = (answers - self.population[item]).T
+            self.deviation[item] = deviation
+
+
+@dataclass
+class EpisodeTensors:
+    """One episode's context and targets as the model reads them; targets are padded to the widest item."""
+
+    shots: int
+    deviation: torch.Tensor  # (context candidates, sources)
+    gap: torch.Tensor  # (context candidates,) the group's answer minus the population
+    context_x: torch.Tensor  # (context candidates, d) unit candidate vectors
+    target_deviation: torch.Tensor  # (target candidates, sources)
+    target_population: torch.Tensor  # (target candidates,)
+    target_x: torch.Tensor  # (target candidates, d)
+    segment: torch.Tensor  # (target candidates,) which target item
+    slot: torch.Tensor  # (target candidates,) position within the padded row
+    n_targets: int
+    width: int
+
+
+@METHODS.register(
+    "meta-mix",
+    "signed mixture of the seen groups ridge-fitted on the K shots plus a text-kernel residual, meta-trained",
+)
+class MetaMix(Method):
+    needs_features = True
+
+    def __init__(self, settings: dict, setup) -> None:
+        super().__init__(settings, setup)
+        features = setup.features
+        norms = np.maximum(np.linalg.norm(features.matrix, axis=1, keepdims=True), 1e-12)
+        self.unit = torch.tensor(features.matrix / norms, dtype=torch.float64)
+        self.params = initial_parameters(settings)
+        self.test_sources = Sources(setup.task, setup.split.seen)
+
+    # -- the model -------------------------------------------------------------------------------------------------
+
+    def tensors(self, sources: Sources, episode: Episode, targets: tuple[str, ...]) -> EpisodeTensors:
+        rows = self.setup.features.rows
+        context = [
+            (i, y) for i, y in zip(episode.context, episode.context_targets, strict=True) if i in sources.deviation
+        ]
+        n_sources = len(sources.groups)
+        deviation = [sources.deviation[i] for i, _ in context] or [np.zeros((0, n_sources))]
+        gap = [y - sources.population[i] for i, y in context] or [np.zeros(0)]
+        context_rows = np.concatenate([rows[i] for i, _ in context] or [np.zeros(0, int)])
+        target_rows = np.concatenate([rows[i] for i in targets])
+        sizes = [len(rows[i]) for i in targets]
+        return EpisodeTensors(
+            shots=len(episode.context),
+            deviation=torch.tensor(np.concatenate(deviation)),
+            gap=torch.tensor(np.concatenate(gap)),
+            context_x=self.unit[context_rows],
+            target_deviation=torch.tensor(np.concatenate([sources.deviation[i] for i in targets])),
+            target_population=torch.tensor(np.concatenate([sources.population[i] for i in targets])),
+            target_x=self.unit[target_rows],
+            segment=torch.tensor(np.repeat(np.arange(len(targets)), sizes)),
+            slot=torch.tensor(np.concatenate([np.arange(s) for s in sizes])),
+            n_targets=len(targets),
+            width=max(sizes),
+        )
+
+    def forward(self, t: EpisodeTensors, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Padded target distributions (n_targets, width); zero beyond each item's candidates."""
+        mixed = t.target_population
+        if len(t.gap):
+            ridge = torch.exp(params["log_ridge"] + params["ridge_slope"] * np.log1p(t.shots))
+            gram = t.deviation.T @ t.deviation + ridge * torch.eye(t.deviation.shape[1], dtype=torch.float64)
+            weights = torch.linalg.solve(gram, t.deviation.T @ t.gap)
+            mixed = mixed + t.target_deviation @ weights
+            if self.settings["text_residual"]:
+                residual = t.gap - t.deviation @ weights
+                kernel = torch.softmax((t.target_x @ t.context_x.T) / torch.exp(params["log_temperature"]), dim=1)
+                mixed = mixed + params["residual_gain"] * (kernel @ residual)
+        positive = torch.clamp(mixed, min=self.settings["floor"])
+        padded = positive.new_zeros((t.n_targets, t.width)).index_put((t.segment, t.slot), positive)
+        return padded / padded.sum(dim=1, keepdim=True)
+
+    # -- meta-training ---------------------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        if not self.settings["meta_train"]:
+            return {"steps": 0, **self.learned()}
+        task, split = self.setup.task, self.setup.split
+        train = split.train
+        left_out = self.left_out_sources()
+        validation_sources = Sources(task, train)
+        scorer = Scorer(task)
+        rng = np.random.default_rng(self.setup.seed)
+        params = {k: torch.tensor(float(v), dtype=torch.float64, requires_grad=True) for k, v in self.params.items()}
+        optimizer = torch.optim.Adam(params.values(), lr=self.settings["lr"])
+        best = (self.validate(validation_sources, scorer), 0, dict(self.params))
+        history = [(0, round(best[0], 6))]
+        for step in range(1, self.settings["steps"] + 1):
+            optimizer.zero_grad()
+            losses = []
+            for group in train:
+                episode = self.training_episode(group, left_out[group], rng)
+                if episode is None:
+                    continue
+                t, targets = episode
+                if len(t.gap):  # without context items the prediction is the population: nothing to learn
+                    losses.append(scorer.loss(self.forward(t, params), group, targets))
+            if losses:
+                torch.stack(losses).mean().backward()
+                optimizer.step()
+            if step % self.settings["eval_every"] == 0 or step == self.settings["steps"]:
+                current = {k: float(v.detach()) for k, v in params.items()}
+                score = self.validate(validation_sources, scorer, current)
+                history.append((step, round(score, 6)))
+                if score > best[0] or not split.validation:  # no validation groups: the last step
+                    best = (score, step, current)
+        self.params = best[2]
+        return {
+            "steps": self.settings["steps"],
+            "best_step": best[1],
+            "best_validation": best[0],
+            "validation": history,
+            **self.learned(),
+        }
+
+    def left_out_sources(self) -> dict[str, Sources]:
+        """Per meta-train group, the other meta-train groups as its sources: training matches test, where a
+        group is never among the seen groups."""
+        train = self.setup.split.train
+        return {g: Sources(self.setup.task, tuple(s for s in train if s != g)) for g in train}
+
+    def training_episode(self, group: str, sources: Sources, rng: np.random.Generator):
+        """A left-one-out episode of a meta-train group: K from the card's shot grid, context items drawn from
+        the items its sources answered, up to `target_items` of the rest as targets."""
+        answers = self.setup.task.groups[group].targets
+        usable = [i for i in sorted(answers) if i in sources.deviation]
+        shots = int(rng.choice(self.settings["train_shots"]))
+        if len(usable) <= shots:
+            return None
+        order = rng.permutation(len(usable))
+        context = tuple(usable[j] for j in order[:shots])
+        targets = tuple(usable[j] for j in order[shots : shots + self.settings["episode_targets"]])
+        episode = Episode(group, shots, self.setup.seed, context, targets, tuple(answers[i] for i in context))
+        return self.tensors(sources, episode, targets), targets
+
+    def validate(self, sources: Sources, scorer: Scorer, params: dict | None = None) -> float:
+        """Mean score of the validation groups (the meta-train groups their only sources) over the card's
+        validation shots, on episodes fixed by the seed."""
+        split = self.setup.split
+        as_test = type(split)(train=split.train, validation=(), test=split.validation)
+        values = to_tensors(params or self.params)
+        scores = []
+        with torch.no_grad():
+            for group in split.validation:
+                for shots in self.settings["validation_grid"]:
+                    episode = draw_episode(self.setup.task, group, shots, self.setup.seed, as_test)
+                    targets = tuple(i for i in episode.targets if i in sources.deviation)
+                    if targets:
+                        pred = self.forward(self.tensors(sources, episode, targets), values)
+                        scores.append(scorer.mean_score(pred, group, targets))
+        return float(np.mean(scores)) if scores else float("nan")
+
+    def learned(self) -> dict:
+        return {"parameters": {k: round(v, 6) for k, v in self.params.items()}}
+
+    # -- prediction ------------------------------------------------------------------------------------------------
+
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        sources = self.test_sources
+        answered = tuple(i for i in episode.targets if i in sources.deviation)
+        by_item = {}
+        if answered:
+            with torch.no_grad():
+                pred = self.forward(self.tensors(sources, episode, answered), to_tensors(self.params)).numpy()
+            by_item = {i: row[: self.n_candidates(i)] for i, row in zip(answered, pred, strict=True)}
+        out = []
+        for item in episode.targets:
+            if item not in by_item:
+                self.count_fallback(episode, "uniform")
+                by_item[item] = np.full(self.n_candidates(item), 1.0 / self.n_candidates(item))
+            out.append(by_item[item])
+        return out
+
+
+def initial_parameters(settings: dict) -> dict[str, float]:
+    return {
+        "log_ridge": float(np.log(settings["ridge"])),
+        "ridge_slope": 0.0,
+        "log_temperature": float(np.log(settings["temperature"])),
+        "residual_gain": 0.0,
+    }
+
+
+def to_tensors(params: dict[str, float]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+
+
+class Scorer:
+    """The task's metric on padded torch rows (what meta-training maximizes): 1 - W1/range on ordinal items,
+    1 - Jensen-Shannon distance otherwise, cross-entropy on accuracy tasks."""
+
+    def __init__(self, task: TaskData) -> None:
+        self.task = task
+        self.width = max(len(item.candidates) for item in task.items.values())
+        self.order: dict[str, np.ndarray] = {}  # item → candidates in ordinal order, then the padding
+        self.steps: dict[str, np.ndarray] = {}  # item → ordinal gaps / range (zero for non-ordinal items)
+        for item_id, item in task.items.items():
+            n = len(item.candidates)
+            steps = np.zeros(self.width)
+            order = np.arange(self.width)
+            if item.ordinal:
+                order[:n] = np.argsort(item.ordinal, kind="stable")
+                values = np.asarray(item.ordinal, float)[order[:n]]
+                steps[: n - 1] = np.diff(values) / (values[-1] - values[0])
+            self.order[item_id], self.steps[item_id] = order, steps
+
+    def targets(self, group: str, items: tuple[str, ...], width: int) -> torch.Tensor:
+        out = np.zeros((len(items), width))
+        for row, item in enumerate(items):
+            answer = self.task.groups[group].targets[item]
+            out[row, : len(answer)] = answer
+        return torch.tensor(out)
+
+    def scores(self, pred: torch.Tensor, group: str, items: tuple[str, ...]) -> torch.Tensor:
+        width = pred.shape[1]
+        q = self.targets(group, items, width)
+        order = torch.tensor(np.stack([self.order[i][self.order[i] < width] for i in items]))
+        steps = torch.tensor(np.stack([self.steps[i][:width] for i in items]))
+        ordinal = torch.tensor([bool(self.task.items[i].ordinal) for i in items])
+        cdf_gap = torch.cumsum(torch.gather(pred - q, 1, order), dim=1)
+        wasserstein = torch.sum(torch.abs(cdf_gap) * steps, dim=1)
+        valid = torch.tensor(np.stack([np.arange(width) < len(self.task.items[i].candidates) for i in items]))
+        p = torch.where(valid, pred, 1.0)  # padding: 1 * log(1) = 0, and no 0/0 in the gradient
+        m = torch.where(valid, (pred + q) / 2, 1.0)
+        divergence = torch.sum(torch.xlogy(p, p) - torch.xlogy(p, m) + torch.xlogy(q, q) - torch.xlogy(q, m), 1)
+        js = torch.sqrt(torch.clamp(divergence / 2, min=1e-12))
+        return 1.0 - torch.where(ordinal, wasserstein, js)
+
+    def loss(self, pred: torch.Tensor, group: str, items: tuple[str, ...]) -> torch.Tensor:
+        if self.task.metric == "accuracy":
+            target = self.targets(group, items, pred.shape[1])
+            return -torch.sum(target * torch.log(torch.clamp(pred, min=1e-12))) / len(items)
+        return 1.0 - self.scores(pred, group, items).mean()
+
+    def mean_score(self, pred: torch.Tensor, group: str, items: tuple[str, ...]) -> float:
+        if self.task.metric == "accuracy":
+            return -float(self.loss(pred, group, items))
+        return float(self.scores(pred, group, items).mean())
