@@ -19,8 +19,6 @@ from ..protocol import Episode, draw_episode
 from ..registry import METHODS
 from .base import Method
 
-PARAMETERS = ("log_ridge", "ridge_slope", "log_temperature", "residual_gain")
-
 
 class Sources:
     """The answers of one set of source groups, per item: the population (their mean over those that answered)
