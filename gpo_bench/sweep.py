@@ -173,8 +173,16 @@ def _type_names(types: type | tuple[type, ...]) -> str:
 
 def make_grid(file: Path | None, flags: dict) -> Grid:
     """The sweep file's fields, then the flags that were given (not None) on top; `set` pairs add to the
-    file's overrides. Tasks and methods must come from one or the other."""
+    file's overrides. Tasks and methods must come from one or the other. Where `--methods` narrows a file's
+    methods, the file's overrides of the methods left out are dropped (a flag's are still checked)."""
     fields = load_sweep_file(file) if file else {}
+    if flags.get("methods") and "overrides" in fields:
+        kept = set(flags["methods"])
+        fields["overrides"] = {
+            key: value
+            for key, value in fields["overrides"].items()
+            if not key.rpartition(".")[1] or key.rpartition(".")[0] in kept
+        }
     pairs = flags.get("set") or []
     fields.update({k: v for k, v in flags.items() if v is not None and k != "set"})
     fields["overrides"] = {**fields.get("overrides", {}), **parse_overrides(pairs)}

@@ -66,6 +66,10 @@ def test_the_grid_from_a_file_and_flags(tmp_path):
         sweep.make_grid(None, {"tasks": ("synthetic",), "methods": ("uniform",), "set": ["max_steps=5"]}).specs()
     with pytest.raises(CardError, match="method 'gpo' is not in this sweep"):
         sweep.make_grid(None, {"tasks": ("synthetic",), "methods": ("knn",), "set": ["gpo.max_steps=5"]}).specs()
+    # a file's override of a method that --methods leaves out is dropped, not an error
+    path.write_text("tasks: [synthetic]\nmethods: [gpo, knn]\nset: {gpo.max_steps: 5, knn.neighbors: 4}\n")
+    narrowed = sweep.make_grid(path, {"methods": ("knn",)})
+    assert narrowed.overrides == {"knn.neighbors": 4} and narrowed.specs()
     with pytest.raises(CardError, match="a sweep needs methods"):
         sweep.make_grid(None, {"tasks": ("synthetic",)})
 
