@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gpo_bench.cards import load_method_card, load_task_card
 from gpo_bench.data import Group, TaskData
@@ -104,3 +105,22 @@ def test_meta_mix_at_k0_is_the_population_and_unanswered_items_are_uniform(mixtu
             elif shots == 0:
                 assert np.allclose(a, b)
     assert {kind for _, kind in method.fallbacks} == {"uniform"}
+
+
+def test_the_training_metric_equals_the_harness_metric(data_dir):
+    """meta-training's torch metric (W1 on ordinal items, JS otherwise) is the one the runner scores with."""
+    from gpo_bench.methods.meta_mix import Scorer
+    from gpo_bench.metrics import item_score
+
+    task = load_task(load_task_card("opinionqa"), data_dir)
+    group, items = next(iter(task.groups)), tuple(sorted(task.items))[:40]
+    rng = np.random.default_rng(0)
+    width = max(len(task.items[i].candidates) for i in items)
+    pred = np.zeros((len(items), width))
+    for row, item in enumerate(items):
+        pred[row, : len(task.items[item].candidates)] = rng.dirichlet(np.ones(len(task.items[item].candidates)))
+    ours = Scorer(task).scores(torch.tensor(pred), group, items).numpy()
+    for row, item in enumerate(items):
+        n = len(task.items[item].candidates)
+        expected = item_score(task.metric, pred[row, :n], task.groups[group].targets[item], task.items[item].ordinal)
+        assert ours[row] == pytest.approx(expected, abs=1e-9)

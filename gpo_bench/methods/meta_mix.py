@@ -166,7 +166,7 @@ class MetaMix(Method):
 
     def training_episode(self, group: str, sources: Sources, rng: np.random.Generator):
         """A left-one-out episode of a meta-train group: K from the card's shot grid, context items drawn from
-        the items its sources answered, up to `target_items` of the rest as targets."""
+        the items its sources answered, up to `episode_targets` of the rest as targets."""
         answers = self.setup.task.groups[group].targets
         usable = [i for i in sorted(answers) if i in sources.deviation]
         shots = int(rng.choice(self.settings["train_shots"]))
