@@ -33,6 +33,7 @@ from .encoders import ALIASES, DEFAULT_ENCODER, EncoderSpec
 from .plugins import INCLUDE_ENV, PluginError, add_include_paths
 from .plugins import load as load_plugins
 from .registry import UnknownNameError
+from .workers import LOG_DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("gpo_bench")
 
@@ -609,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=LOG_DATE_FORMAT,
     )
     try:
         add_include_paths(args.include_path)

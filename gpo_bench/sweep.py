@@ -15,14 +15,12 @@ import contextlib
 import datetime
 import json
 import logging
-import multiprocessing
 import os
-import threading
 import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from .encoders import DEFAULT_ENCODER
 from .methods.base import Method
 from .registry import METHODS
 from .runner import ERROR_FILE, RESULT_FILE, RunSpec, execute, limit_items, load_task, run_id, run_state, write_atomic
+from .workers import usable_cores, worker_pool
 
 log = logging.getLogger(__name__)
 # sweep-file field → (accepted item type, is a list)
@@ -316,29 +315,11 @@ def _drive(
         running.update({start(follower): follower for follower in held.pop(run.run_id, [])})
 
 
-def exit_with_parent(parent: int) -> None:
-    """In a worker: end this process once the sweep that started it is gone. A sweep stopped by SIGTERM
-    or SIGKILL (`timeout`, `kill`, a batch scheduler) would otherwise leave its workers training."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the system has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _process_pool(
     pending: list[PlannedRun], options: Options, jobs: int, report: Callable[[PlannedRun, Outcome], None]
 ) -> None:
     threads = max(1, usable_cores() // jobs)
-    spawn = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(jobs, mp_context=spawn, initializer=exit_with_parent, initargs=(os.getpid(),))
+    pool = worker_pool(jobs)
 
     def wait_one(futures: list[Future]) -> tuple[Future, Callable[[], Outcome]]:
         done = next(iter(wait(futures, return_when=FIRST_COMPLETED).done))

@@ -267,6 +267,36 @@ def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path, monkeypatch)
     assert not np.allclose(predictions(together[0][0]), predictions(together[1][0]), atol=1e-3)
 
 
+def test_seeds_trained_in_processes_equal_seeds_trained_alone(tmp_path):
+    """On the CPU fit_seeds trains each seed in its own process (one thread each on this machine): the
+    same history, best step and predictions as training that seed alone here with as many threads."""
+    from gpo_bench.methods.gpo import GPO
+    from gpo_bench.protocol import draw_episode
+    from gpo_bench.workers import usable_cores
+
+    def predictions(method):
+        episodes = [draw_episode(method.setup.task, g, 5, method.setup.seed) for g in method.setup.split.test]
+        return np.concatenate([np.concatenate(p) for p in method.predict(episodes)])
+
+    settings = dict(TINY, patience=1, max_steps=40)
+    seeds = [0, 1, 2]
+    together = GPO.fit_seeds(settings, [synthetic_setup(tmp_path / f"together{seed}", seed) for seed in seeds])
+    threads = together[0][1]["threads"]
+    assert threads == max(1, usable_cores() // len(seeds))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed, (method, fit) in zip(seeds, together, strict=True):
+            alone = GPO(settings, synthetic_setup(tmp_path / f"alone{seed}", seed))
+            alone_fit = alone.fit()
+            assert fit["history"] == alone_fit["history"] and fit["best_step"] == alone_fit["best_step"]
+            np.testing.assert_array_equal(predictions(method), predictions(alone))
+            assert (tmp_path / f"together{seed}" / "run" / "checkpoint.pt").exists()
+    finally:
+        torch.set_num_threads(before)
+    assert not np.allclose(predictions(together[0][0]), predictions(together[1][0]), atol=1e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX-512 BF16 / AMX")
 def test_bf16_autocast_on_cpu_stays_within_the_seeds_spread(tmp_path):

@@ -10,10 +10,11 @@ Speed without changing the function:
   (cost T x C instead of (C+T)^2); a test checks equality with the authors' masked
   `nn.TransformerEncoder`;
 - the embedding MLP's first layer is applied once per distinct candidate vector of a batch;
-- seeds train together: `GPOEnsemble` holds S networks' parameters stacked on a leading axis, every
-  linear layer is one batched matmul over the S members (on CUDA), and Adam (elementwise) updates each member
-  exactly as it would alone; each seed keeps its own sampling stream, validation and early stopping,
-  so `fit_seeds` equals separate runs up to float rounding (tested);
+- seeds train together: on CUDA `GPOEnsemble` holds S networks' parameters stacked on a leading axis,
+  every linear layer is one batched matmul over the S members, and Adam (elementwise) updates each
+  member exactly as it would alone; on the CPU each seed trains in its own process, all at once. Each
+  seed keeps its own sampling stream, validation and early stopping, so `fit_seeds` equals separate
+  runs (tested: up to float rounding on CUDA's layout, exactly in processes);
 - attention: on CUDA one `scaled_dot_product_attention` call per layer for all groups of all members
   (padded to the longest group, keys masked); on the CPU a loop over groups, which measured faster
   there (`benchmarks/gpo_gpu.py --attention`); both paths are tested equal.
@@ -28,9 +29,11 @@ import copy
 import functools
 import logging
 import math
+import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import torch
@@ -42,6 +45,7 @@ from ..files import write_atomic
 from ..metrics import item_score
 from ..protocol import Episode, derived_rng, draw_episode
 from ..registry import METHODS
+from ..workers import usable_cores, worker_pool
 from .base import Method, Setup, item_softmax
 
 log = logging.getLogger(__name__)
@@ -166,7 +170,8 @@ def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         if bias is None:
             return torch.bmm(x, weight.transpose(1, 2))
         return torch.baddbmm(bias[:, None], x, weight.transpose(1, 2))
-    return torch.stack([F.linear(x[s], weight[s], None if bias is None else bias[s]) for s in range(len(weight))])
+    biases = [None] * len(weight) if bias is None else bias.unbind()
+    return torch.stack([F.linear(*args) for args in zip(x.unbind(), weight.unbind(), biases, strict=True)])
 
 
 def key(name: str) -> str:
@@ -181,20 +186,26 @@ def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 def looped_attention(q, k, v, batch: Batch, heads: int) -> torch.Tensor:
     """Per member and group: softmax(q k^T / sqrt(d)) v over that group's context; zero for a group
-    without context (attending to nothing contributes zero before the output projection)."""
+    without context (attending to nothing contributes zero before the output projection). Groups are
+    taken with `split`: slicing them made the backward pass allocate and fill a full-size gradient for
+    every group."""
     scale = (q.shape[-1] // heads) ** -0.5
     members = []
-    for member, spans in enumerate(batch.spans):
+    for spans, q_m, k_m, v_m in zip(batch.spans, q.unbind(), k.unbind(), v.unbind(), strict=True):
+        sizes = [end - start for start, end, _, _ in spans]
+        ctx_sizes = [ctx_end - ctx_start for _, _, ctx_start, ctx_end in spans]
+        ctx_sizes.append(len(k_m) - sum(ctx_sizes))  # and the padding, as for the queries
+        queries = q_m.split([*sizes, len(q_m) - sum(sizes)])
+        keys, values = k_m.split(ctx_sizes), v_m.split(ctx_sizes)
         outputs = []
-        for start, end, ctx_start, ctx_end in spans:
-            if ctx_end == ctx_start:
-                outputs.append(q.new_zeros(end - start, q.shape[-1]))
+        for qs, ks, vs in zip(queries[:-1], keys[:-1], values[:-1], strict=True):
+            if len(ks) == 0:
+                outputs.append(qs.new_zeros(qs.shape))
                 continue
-            qs, ks = split_heads(q[member, start:end], heads), split_heads(k[member, ctx_start:ctx_end], heads)
-            scores = qs @ ks.transpose(1, 2) * scale
-            attended = torch.softmax(scores, -1) @ split_heads(v[member, ctx_start:ctx_end], heads)
+            scores = split_heads(qs, heads) @ split_heads(ks, heads).transpose(1, 2) * scale
+            attended = torch.softmax(scores, -1) @ split_heads(vs, heads)
             outputs.append(attended.transpose(0, 1).flatten(1))
-        outputs.append(q.new_zeros(q.shape[1] - spans[-1][1], q.shape[-1]))  # padding
+        outputs.append(queries[-1].new_zeros(queries[-1].shape))  # padding
         members.append(torch.cat(outputs))
     return torch.stack(members)
 
@@ -396,14 +407,20 @@ class GPO(Method):
 
     @classmethod
     def fit_seeds(cls, settings: dict, setups: list[Setup]) -> list[tuple[GPO, dict]]:
-        """Train one GPO per setup (the same task and split, different seeds) as one ensemble; each
-        seed draws its own batches and stops on its own validation, as when trained alone. On the CPU
-        the seeds train one after another: there the ensemble measured no faster per seed (its members
-        are padded to the longest sequence, and the CPU path loops over members anyway)."""
+        """Train one GPO per setup (the same task and split, different seeds); each seed draws its own
+        batches and stops on its own validation, as when trained alone. On CUDA the seeds train as one
+        ensemble. On the CPU each seed trains in its own process, all at once, with (usable cores) /
+        (seeds) torch threads each: one step of these small matrices gained nothing from a second
+        thread on this project's 2-core machine (one thread was faster), so parallel seeds are what
+        fills the cores."""
         members = [cls(settings, setup) for setup in setups]
-        if not members[0].model.batched:
-            return [(member, member.fit()) for member in members]
-        return list(zip(members, train(members), strict=True))
+        if members[0].model.batched:
+            return list(zip(members, train(members), strict=True))
+        threads = max(1, usable_cores() // len(members))
+        fits = train_in_processes(settings, setups, threads)
+        for member, (state, _) in zip(members, fits, strict=True):
+            member.model.load_state_dict(state)
+        return [(member, fit) for member, (_, fit) in zip(members, fits, strict=True)]
 
     def trained_on(self) -> dict:
         """What a checkpoint must share with the run that resumes it: the data the method sees (the split's
@@ -464,11 +481,11 @@ class GPO(Method):
         return self.predict([episode])[0]
 
 
-def train(members: list[GPO]) -> list[dict]:
+def train(members: list[GPO], progress=None) -> list[dict]:
     """Meta-train the members' networks together (one stacked ensemble, one Adam: elementwise, so each
     member's update is its own). Per member: its sampling stream, validation, best checkpoint and early
     stop; a member that stopped keeps its best parameters while the others go on. Checkpoints (and
-    --resume) hold the whole ensemble."""
+    --resume) hold the whole ensemble. `progress`: a tqdm-like bar to report to (default: a new one)."""
     lead, s = members[0], members[0].settings
     seeds = [m.setup.seed for m in members]
     model = lead.model
@@ -495,7 +512,10 @@ def train(members: list[GPO]) -> list[dict]:
         log.info("gpo: resumed from %s at step %d", path, step)
     timing = {"step_s": 0.0, "validate_s": 0.0}
     label = f"gpo seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-    progress = tqdm(total=s["max_steps"], initial=step, desc=label, unit="step")
+    if progress is None:
+        progress = tqdm(total=s["max_steps"], initial=step, desc=label, unit="step")
+    else:
+        progress.update(step)
     while step < s["max_steps"] and not all(done):
         tick = time.perf_counter()
         losses = train_step(members, model, generators, optimizer, scheduler)
@@ -543,6 +563,68 @@ def train(members: list[GPO]) -> list[dict]:
         }
         for state in states
     ]
+
+
+class QueueProgress:
+    """The part of tqdm that `train` uses, in a worker process: steps and the best validation score go
+    to the parent's bar through a queue."""
+
+    def __init__(self, queue, seed: int) -> None:
+        self.queue, self.seed = queue, seed
+
+    def update(self, n: int = 1) -> None:
+        self.queue.put((self.seed, n, None))
+
+    def set_postfix(self, best: str, **_) -> None:
+        self.queue.put((self.seed, 0, best))
+
+    def close(self) -> None:
+        pass
+
+
+def fit_in_worker(settings: dict, setup: Setup, threads: int, queue) -> tuple[dict, dict]:
+    """In a worker process: train one seed (as `GPO.fit`) with `threads` torch threads → its best
+    parameters and fit facts."""
+    torch.set_num_threads(threads)
+    method = GPO(settings, setup)
+    fit = train([method], QueueProgress(queue, setup.seed))[0]
+    return method.model.state_dict(), dict(fit, threads=threads)
+
+
+def train_in_processes(settings: dict, setups: list[Setup], threads: int) -> list[tuple[dict, dict]]:
+    """Each setup's seed trained in its own worker process, all at once, under one progress bar →
+    per seed, its best parameters and fit facts. Each worker keeps its own checkpoint (so --resume
+    continues every seed)."""
+    seeds = [setup.seed for setup in setups]
+    best = dict.fromkeys(seeds, "-")
+    bar = tqdm(
+        total=settings["max_steps"] * len(seeds),
+        desc=f"gpo seeds {','.join(map(str, seeds))} ({len(seeds)} processes x {threads} thread{'s' * (threads > 1)})",
+        unit="step",
+    )
+    level = logging.getLogger("gpo_bench").getEffectiveLevel()
+    with multiprocessing.get_context("spawn").Manager() as manager, worker_pool(len(setups), level) as pool:
+        queue = manager.Queue()
+        try:
+            futures = [pool.submit(fit_in_worker, settings, setup, threads, queue) for setup in setups]
+            while True:
+                finished = all(future.done() for future in futures)
+                try:
+                    while True:
+                        seed, steps, score = queue.get(timeout=0.2)
+                        bar.update(steps)
+                        if score is not None:
+                            best[seed] = score
+                            bar.set_postfix(best=" ".join(best.values()))
+                except Empty:
+                    pass
+                if finished:
+                    break
+            bar.close()
+            return [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def train_step(members: list[GPO], model: GPOEnsemble, generators, optimizer, scheduler) -> torch.Tensor:

@@ -1,0 +1,44 @@
+"""Worker processes: the cores this process may use, and pools of spawned workers that end with the
+process that started them and log as it does."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker: end this process once the process that started it is gone. A parent stopped by SIGTERM
+    or SIGKILL (`timeout`, `kill`, a batch scheduler) would otherwise leave its workers training."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def start_worker(parent: int, log_level: int | None) -> None:
+    exit_with_parent(parent)
+    if log_level is not None and not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
+
+
+def worker_pool(workers: int, log_level: int | None = None) -> ProcessPoolExecutor:
+    """`workers` spawned processes (fork would copy torch's thread pools) that exit with this process;
+    with `log_level`, each logs at that level in the CLI's format (else it configures its own logging)."""
+    spawn = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=spawn, initializer=start_worker, initargs=(os.getpid(), log_level))
