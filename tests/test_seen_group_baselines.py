@@ -85,6 +85,21 @@ def test_group_mix_recovers_a_planted_mixture_of_two_seen_groups():
                 assert score < 0.95  # the equal mixture of the five is far from 0.7 A + 0.3 B
 
 
+def test_group_mix_backs_off_to_equal_weights_where_every_answering_group_has_weight_zero():
+    """Weights can underflow to exactly 0; an item answered only by such groups then had no mixture
+    (0 / 0: NaN in the fit and in the cross-validation errors that choose the prior)."""
+    from gpo_bench.methods.baselines import GroupMix
+
+    answers = np.array([[[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], [[0.0, 0.0], [0.2, 0.8], [0.6, 0.4]]])
+    answered = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])  # the second item: groups 1 and 2 only
+    mixed = GroupMix.mix(np.array([1.0, 0.0, 0.0]), answers, answered)
+    np.testing.assert_allclose(mixed, [[1.0, 0.0], [0.4, 0.6]])  # item 2: the mean of groups 1 and 2
+    np.testing.assert_allclose(GroupMix.mix(np.array([0.5, 0.25, 0.25]), answers, answered)[1], [0.4, 0.6])
+    with np.errstate(all="raise"):  # no 0 / 0 anywhere in the fit
+        w = GroupMix.fit_weights(answers, answered, np.array([[1.0, 0.0], [0.9, 0.1]]), 1e-12)
+    assert np.all(np.isfinite(w)) and w.sum() == pytest.approx(1.0)
+
+
 @pytest.fixture
 def sparse_run(monkeypatch, tmp_path):
     """Runs a method through the runner on a sparse task built here (under the opinionqa_individual card, an

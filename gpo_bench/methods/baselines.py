@@ -111,8 +111,18 @@ class GroupMix(SeenGroupsMixture):
         return answers, answered, wanted
 
     @staticmethod
-    def mix(w: np.ndarray, answers: np.ndarray, answered: np.ndarray) -> np.ndarray:
-        return np.einsum("ig,igc->ic", answered * w, answers) / (answered @ w)[:, None]
+    def item_weights(w: np.ndarray, answered: np.ndarray) -> np.ndarray:
+        """Per item, the weights of the groups that answered it; an item whose answering groups all have
+        weight 0 (underflow) gives them equal weights, as `mixture` backs off to population."""
+        weights = answered * w
+        lost = weights.sum(1) <= 0
+        weights[lost] = answered[lost]
+        return weights
+
+    @classmethod
+    def mix(cls, w: np.ndarray, answers: np.ndarray, answered: np.ndarray) -> np.ndarray:
+        weights = cls.item_weights(w, answered)
+        return np.einsum("ig,igc->ic", weights, answers) / weights.sum(1)[:, None]
 
     @classmethod
     def fit_weights(cls, answers: np.ndarray, answered: np.ndarray, wanted: np.ndarray, prior: float) -> np.ndarray:
@@ -124,11 +134,14 @@ class GroupMix(SeenGroupsMixture):
         def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w = np.exp(theta - theta.max())
             w /= w.sum()
-            mass = answered @ w  # computed once per evaluation: the mixture and its gradient both divide by it
-            gap = np.einsum("ig,igc->ic", answered * w, answers) / mass[:, None] - wanted
-            # d mix[i, c] / d w[g] = answered[i, g] (answers[i, g, c] - mix[i, c]) / mass[i]
+            weights = cls.item_weights(w, answered)
+            mass = weights.sum(1)  # computed once per evaluation: the mixture and its gradient both divide by it
+            gap = np.einsum("ig,igc->ic", weights, answers) / mass[:, None] - wanted
+            # d mix[i, c] / d w[g] = answered[i, g] (answers[i, g, c] - mix[i, c]) / mass[i]; 0 for an item
+            # whose answering groups all underflowed (its equal-weight back-off does not move with w)
+            live = answered * ((answered @ w) > 0)[:, None]
             spread = answers - (gap + wanted)[:, None, :]
-            grad_w = 2 * np.einsum("ic,ig,igc->g", gap / mass[:, None], answered, spread)
+            grad_w = 2 * np.einsum("ic,ig,igc->g", gap / mass[:, None], live, spread)
             # KL(w || equal) = log G - entropy(w): bounded, so a group's weight may still go to zero;
             # its gradient in θ is w (log w - Σ w log w)
             log_w = np.log(np.maximum(w, 1e-300))
