@@ -111,18 +111,19 @@ class GroupMix(SeenGroupsMixture):
         return answers, answered, wanted
 
     @staticmethod
-    def item_weights(w: np.ndarray, answered: np.ndarray) -> np.ndarray:
-        """Per item, the weights of the groups that answered it; an item whose answering groups all have
-        weight 0 (underflow) gives them equal weights, as `mixture` backs off to population."""
+    def item_weights(w: np.ndarray, answered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per item, the weights of the groups that answered it, normalized to sum to 1, and whether they
+        move with w: an item whose answering groups all have weight 0 (underflow) gives them equal
+        weights, as `mixture` backs off to population."""
         weights = answered * w
-        lost = weights.sum(1) <= 0
-        weights[lost] = answered[lost]
-        return weights
+        mass = weights.sum(1)
+        live = mass > 0
+        equal = answered / answered.sum(1, keepdims=True)
+        return np.where(live[:, None], weights / np.where(live, mass, 1.0)[:, None], equal), live
 
     @classmethod
     def mix(cls, w: np.ndarray, answers: np.ndarray, answered: np.ndarray) -> np.ndarray:
-        weights = cls.item_weights(w, answered)
-        return np.einsum("ig,igc->ic", weights, answers) / weights.sum(1)[:, None]
+        return np.einsum("ig,igc->ic", cls.item_weights(w, answered)[0], answers)
 
     @classmethod
     def fit_weights(cls, answers: np.ndarray, answered: np.ndarray, wanted: np.ndarray, prior: float) -> np.ndarray:
@@ -134,19 +135,19 @@ class GroupMix(SeenGroupsMixture):
         def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w = np.exp(theta - theta.max())
             w /= w.sum()
-            weights = cls.item_weights(w, answered)
-            mass = weights.sum(1)  # computed once per evaluation: the mixture and its gradient both divide by it
-            gap = np.einsum("ig,igc->ic", weights, answers) / mass[:, None] - wanted
-            # d mix[i, c] / d w[g] = answered[i, g] (answers[i, g, c] - mix[i, c]) / mass[i]; 0 for an item
-            # whose answering groups all underflowed (its equal-weight back-off does not move with w)
-            live = answered * ((answered @ w) > 0)[:, None]
-            spread = answers - (gap + wanted)[:, None, :]
-            grad_w = 2 * np.einsum("ic,ig,igc->g", gap / mass[:, None], live, spread)
+            shares, live = cls.item_weights(w, answered)
+            mixed = np.einsum("ig,igc->ic", shares, answers)
+            gap = mixed - wanted
+            # w = softmax(θ) and mix[i] = Σ_g shares[i, g] answers[i, g], so d mix[i, c] / d θ[h] =
+            # shares[i, h] (answers[i, h, c] - mix[i, c]): bounded, where the chain rule through w divided
+            # by an item's (possibly subnormal) weight mass and overflowed. Backed-off items do not move.
+            spread = answers - mixed[:, None, :]
+            grad = 2 * np.einsum("ic,ih,ihc->h", gap[live], shares[live], spread[live])
             # KL(w || equal) = log G - entropy(w): bounded, so a group's weight may still go to zero;
             # its gradient in θ is w (log w - Σ w log w)
             log_w = np.log(np.maximum(w, 1e-300))
             kl = float(w @ log_w) + np.log(n_groups)
-            return float(np.sum(gap**2)) + prior * kl, w * (grad_w - w @ grad_w) + prior * w * (log_w - w @ log_w)
+            return float(np.sum(gap**2)) + prior * kl, grad + prior * w * (log_w - w @ log_w)
 
         theta = minimize(loss_and_grad, np.zeros(n_groups), jac=True, method="L-BFGS-B").x
         w = np.exp(theta - theta.max())
