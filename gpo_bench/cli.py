@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=flag(SPEC_LIMITS["seeds"], many=True),
         default=(0, 1, 2),
-        help="comma-separated seeds; each draws its own context items and model init (default 0,1,2)",
+        help="comma-separated seeds; each draws its own context items and model init (default 0,1,2); "
+        "GPO trains them at once: one process per seed on the CPU, one stacked ensemble on CUDA",
     )
     run.add_argument(
         "--train-frac",
