@@ -297,6 +297,54 @@ def test_seeds_trained_in_processes_equal_seeds_trained_alone(tmp_path):
     assert not np.allclose(predictions(together[0][0]), predictions(together[1][0]), atol=1e-3)
 
 
+def test_interrupted_seeds_in_processes_stop_at_once_and_resume(tmp_path):
+    """SIGINT to a `run` whose seeds train in processes (as `kill -INT`, `timeout -s INT` send it: to
+    the parent only): exit 130 within seconds, no worker left behind; `--resume` continues every seed
+    from its own checkpoint and finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tiny = dict(d_model=16, layers=1, heads=2, d_ff=16, mlp_depth=2, max_steps=600, eval_every=10, patience="null")
+    settings = [f"--set={k}={v}" for k, v in tiny.items()]
+    argv = [sys.executable, "-m", "gpo_bench", "run", "--task", "synthetic", "--method", "gpo", "--encoder", "bow"]
+    argv += ["--shots", "5", "--output-dir", str(tmp_path), *settings]
+    env = dict(os.environ, GPO_BENCH_CACHE=str(tmp_path / "cache"))
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    checkpoints = []
+    deadline = time.monotonic() + 120
+    while len(checkpoints) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        checkpoints = list(tmp_path.glob("runs/*/seed*/checkpoint.pt"))
+    assert len(checkpoints) == 3, "the three seeds did not all write a checkpoint within 2 minutes"
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) >= 3  # the workers (and the progress queue's manager)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=30)[1]
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted; rerun the same command to resume" in stderr
+
+    def alive(pid: str) -> bool:  # a zombie (exited, not yet reaped) does not count
+        try:
+            return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1].splitlines()[0]
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 5  # workers notice their parent's exit within half a second
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [(pid, Path(f"/proc/{pid}/cmdline").read_text()[:80]) for pid in children if alive(pid)]
+    assert not survivors, f"processes outlived an interrupted run: {survivors}"
+
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for seed in (0, 1, 2):
+        assert f"seed{seed}/checkpoint.pt at step" in resumed.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX-512 BF16 / AMX")
 def test_bf16_autocast_on_cpu_stays_within_the_seeds_spread(tmp_path):
