@@ -912,7 +912,9 @@ def test_a_sweep_killed_at_random_moments_finishes_exactly_when_rerun(tmp_path):
     import signal
 
     rng = random.Random(20261202)  # the kill moments
-    args = ["--methods", "gpo,uniform,head", "--seeds", "0,1", "--set", "gpo.max_steps=40"]
+    # 120 steps: uninterrupted, the sweep takes about 40 s here, so three kills within 4-12 s of each start
+    # come before its end (with 40 steps it once finished before the third kill)
+    args = ["--methods", "gpo,uniform,head", "--seeds", "0,1", "--set", "gpo.max_steps=120"]
     args += ["--set", "gpo.eval_every=2", "--set", "gpo.patience=null"]
     for _ in range(3):
         process = sweep_process(tmp_path, *args)
