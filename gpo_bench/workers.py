@@ -42,3 +42,13 @@ def worker_pool(workers: int, log_level: int | None = None) -> ProcessPoolExecut
     with `log_level`, each logs at that level in the CLI's format (else it configures its own logging)."""
     spawn = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, mp_context=spawn, initializer=start_worker, initargs=(os.getpid(), log_level))
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the work not yet started and end the running workers now, so that an interrupted parent does
+    not wait for them to finish (Python 3.14's `ProcessPoolExecutor.terminate_workers`; its process table
+    before that)."""
+    running = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in running:
+        process.terminate()

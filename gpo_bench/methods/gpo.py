@@ -25,6 +25,7 @@ validation context draws are fixed by the seed (theirs change at every evaluatio
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -45,7 +46,7 @@ from ..files import write_atomic
 from ..metrics import item_score
 from ..protocol import Episode, derived_rng, draw_episode
 from ..registry import METHODS
-from ..workers import usable_cores, worker_pool
+from ..workers import stop_workers, usable_cores, worker_pool
 from .base import Method, Setup, item_softmax
 
 log = logging.getLogger(__name__)
@@ -603,28 +604,27 @@ def train_in_processes(settings: dict, setups: list[Setup], threads: int) -> lis
         unit="step",
     )
     level = logging.getLogger("gpo_bench").getEffectiveLevel()
-    with multiprocessing.get_context("spawn").Manager() as manager, worker_pool(len(setups), level) as pool:
-        queue = manager.Queue()
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        queue, pool = manager.Queue(), worker_pool(len(setups), level)
         try:
             futures = [pool.submit(fit_in_worker, settings, setup, threads, queue) for setup in setups]
-            while True:
-                finished = all(future.done() for future in futures)
-                try:
+            finished = False
+            while not finished:
+                finished = all(future.done() for future in futures)  # then drain what they sent last
+                with contextlib.suppress(Empty):
                     while True:
                         seed, steps, score = queue.get(timeout=0.2)
                         bar.update(steps)
                         if score is not None:
                             best[seed] = score
                             bar.set_postfix(best=" ".join(best.values()))
-                except Empty:
-                    pass
-                if finished:
-                    break
-            bar.close()
-            return [future.result() for future in futures]
+            results = [future.result() for future in futures]
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_workers(pool)
             raise
+    pool.shutdown()
+    bar.close()
+    return results
 
 
 def train_step(members: list[GPO], model: GPOEnsemble, generators, optimizer, scheduler) -> torch.Tensor:
