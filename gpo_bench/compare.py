@@ -13,9 +13,10 @@ from .leaderboard import CI_SEED, OVERALL, Run, RunFileError, load_runs, paired,
 
 
 def select(runs: list[Run], name: str, task: str, train_frac: float | None) -> list[Run]:
-    """The runs of one leaderboard row (`method` or `method [variant]`) on a task and meta-train fraction."""
+    """The runs of one leaderboard row on a task and meta-train fraction: the row labelled `name` (`method` or
+    `method [variant]`), else the one row of method `name` (several: ambiguous, refused)."""
     mine = [r for r in runs if r.task == task and (train_frac is None or math.isclose(r.train_frac, train_frac))]
-    rows = sorted({r.row for r in mine if r.row == name or r.method == name})
+    rows = sorted({r.row for r in mine if r.row == name}) or sorted({r.row for r in mine if r.method == name})
     if not rows:
         known = sorted({r.row for r in mine})
         raise DataError(f"no finished runs of {name!r} on {task}; rows there: {', '.join(known) or 'none'}")

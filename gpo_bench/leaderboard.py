@@ -222,14 +222,18 @@ def _short_encoder(label: str) -> str:
 
 
 def variant(spec: dict) -> str:
-    """What sets this run apart from the method card's defaults (empty for a plain run)."""
+    """What sets this run apart from the method card's defaults (empty for a plain run); a run of an older card
+    version (the method has changed since) is its own row, never averaged with the current one."""
     parts = []
+    try:
+        card = load_method_card(spec["method"])
+    except (CardError, UnknownNameError):
+        card = None
+    if card is not None and spec.get("method_version", card.version) != card.version:
+        parts.append(f"card v{spec['method_version']}")
     if spec["encoder"] is not None and _short_encoder(spec["encoder"]) != DEFAULT_ENCODER:
         parts.append(f"encoder={_short_encoder(spec['encoder'])}")
-    try:
-        card_settings = load_method_card(spec["method"]).settings
-    except (CardError, UnknownNameError):
-        card_settings = None
+    card_settings = None if card is None else card.settings
     settings = spec["settings"] or {}
     if card_settings is None and settings:
         parts.append(f"settings={json.dumps(settings, sort_keys=True)}")

@@ -48,6 +48,21 @@ def test_compare_prints_the_paired_difference_of_the_same_episodes(runs, capsys)
     assert f"0/{len(groups)}/0" in zero and "+0.0000" in zero
 
 
+def test_a_method_name_is_its_plain_row_beside_its_variants(data_dir, tmp_path, capsys):
+    common = ["--task", "opinionqa", "--data-dir", str(data_dir), "--output-dir", str(tmp_path)]
+    for extra in ([], ["--set", "prior=[1.0]"], ["--set", "prior=[10.0]"]):
+        assert main(["run", "--method", "group-mix", "--shots", "5", "--seeds", "0", *common, *extra]) == 0
+    capsys.readouterr()
+    args = ["compare", "--task", "opinionqa", "--output-dir", str(tmp_path), "--methods"]
+    assert main([*args, "group-mix,group-mix [prior=[1.0]]"]) == 0
+    assert "A = group-mix, B = group-mix [prior=[1.0]]" in capsys.readouterr().out
+    for folder in (tmp_path / "runs").iterdir():  # without the plain row, the name alone is ambiguous
+        if leaderboard.parse_run(folder).row == "group-mix":
+            folder.rename(tmp_path / folder.name)
+    assert main([*args, "group-mix,group-mix [prior=[1.0]]"]) == 2
+    assert "'group-mix' names several rows" in capsys.readouterr().err
+
+
 def test_compare_refuses_runs_whose_episodes_differ(runs, data_dir, capsys):
     # other seeds
     assert main(["compare", "--task", "opinionqa", "--methods", "group-knn,population", "--output-dir", str(runs)]) == 2

@@ -118,8 +118,13 @@ def test_runs_with_other_settings_or_encoders_are_their_own_rows(tmp_path):
     write_run(
         tmp_path, "d", "opinionqa", "knn", 1, values, settings={"neighbors": 10, "temperature": 0.05}, encoder=minilm
     )
+    old = write_run(tmp_path, "e", "opinionqa", "knn", 1, values, encoder=minilm)  # the card has changed since
+    result = json.loads((old / "result.json").read_text())
+    result["spec"]["method_version"] = leaderboard.load_method_card("knn").version - 1
+    (old / "result.json").write_text(json.dumps(result))
     board = leaderboard.build(tmp_path)
-    assert sorted(board.rows) == ["knn", "knn [encoder=bow]", "knn [neighbors=3]"]
+    previous = f"knn [card v{result['spec']['method_version']}]"
+    assert sorted(board.rows) == sorted(["knn", "knn [encoder=bow]", "knn [neighbors=3]", previous])
     assert board.cells[("knn", leaderboard.Column("opinionqa", 0.4))].n_runs == 2
     assert [r.row for r in leaderboard.load_runs(tmp_path, encoder=bow)[0]] == ["knn [encoder=bow]"]
 
