@@ -1,7 +1,7 @@
 """meta-mix: on a generated task where a group is a mixture of latent archetypes (readable only from the other
 groups' answers) tilted by its own topic taste (readable only from the text), it beats both gpo and group-mix by
 a paired margin that chance does not explain; meta-training never shows a group its own answers; K = 0 is the
-population; items no seen group answered back off to uniform, counted."""
+population; items no seen group answered are predicted from the text (the group's taste), counted."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +16,7 @@ from gpo_bench.encoders import Encoder, EncoderSpec
 from gpo_bench.features import build_features
 from gpo_bench.methods.base import Setup
 from gpo_bench.methods.meta_mix import MetaMix
+from gpo_bench.metrics import item_score
 from gpo_bench.protocol import draw_episode, make_split, visible_task
 from gpo_bench.registry import METHODS
 from gpo_bench.runner import RunSpec, execute, load_task
@@ -85,9 +86,11 @@ def test_left_out_sources_never_hold_the_group_itself(mixture_setup):
             assert np.array_equal(table.deviation[item], again.deviation[item])
 
 
-def test_meta_mix_at_k0_is_the_population_and_unanswered_items_are_uniform(mixture_setup):
+def test_meta_mix_at_k0_is_the_population_and_reads_unanswered_items_from_the_text(mixture_setup):
+    """Half the items lose every seen group's answer: there the group's K answers, read through the text head,
+    must carry its taste (on this task a tilt over topic words) well beyond uniform, for every test group."""
     task, split, features = mixture_setup
-    dropped = sorted(task.items)[:5]  # items no seen group answered
+    dropped = sorted(task.items)[:40]  # items no seen group answered
     groups = {
         g: Group(g, {i: t for i, t in group.targets.items() if g in split.test or i not in dropped})
         for g, group in task.groups.items()
@@ -96,21 +99,33 @@ def test_meta_mix_at_k0_is_the_population_and_unanswered_items_are_uniform(mixtu
     method = meta_mix(sparse, split, features)
     method.fit()
     population = METHODS.get("population")({}, method.setup)
-    for shots in (0, 5):
-        episode = draw_episode(sparse, split.test[0], shots, 0, split)
-        ours, pooled = method.predict_episode(episode), population.predict_episode(episode)
-        for item, a, b in zip(episode.targets, ours, pooled, strict=True):
-            if item in dropped:
-                assert np.allclose(a, 1 / len(a))
-            elif shots == 0:
-                assert np.allclose(a, b)
-    assert {kind for _, kind in method.fallbacks} == {"uniform"}
+    at_k0 = {}
+    for shots in (0, 20):
+        for group in split.test:
+            episode = draw_episode(sparse, group, shots, 0, split)
+            ours, pooled = method.predict_episode(episode), population.predict_episode(episode)
+            gains = []
+            for item, a, b in zip(episode.targets, ours, pooled, strict=True):
+                assert a.sum() == pytest.approx(1.0) and (a > 0).all()
+                if item not in dropped:
+                    if shots == 0:
+                        assert np.allclose(a, b)
+                    continue
+                target, ordinal = task.groups[group].targets[item], task.items[item].ordinal
+                uniform = np.full(len(a), 1 / len(a))
+                gains.append(
+                    item_score(task.metric, a, target, ordinal) - item_score(task.metric, uniform, target, ordinal)
+                )
+                if shots == 0:  # without context the text head knows nothing of the group
+                    assert np.allclose(at_k0.setdefault(item, a), a)
+            if shots == 20:
+                assert np.mean(gains) > 0.05, (group, np.mean(gains))
+    assert {kind for _, kind in method.fallbacks} == {"text-head"}
 
 
 def test_the_training_metric_equals_the_harness_metric(data_dir):
     """meta-training's torch metric (W1 on ordinal items, JS otherwise) is the one the runner scores with."""
     from gpo_bench.methods.meta_mix import Scorer
-    from gpo_bench.metrics import item_score
 
     task = load_task(load_task_card("opinionqa"), data_dir)
     group, items = next(iter(task.groups)), tuple(sorted(task.items))[:40]

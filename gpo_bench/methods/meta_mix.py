@@ -5,7 +5,9 @@ closed form. Signed weights can express what a convex mixture cannot (a group as
 complement). A text kernel then carries the group's context residuals to target candidates with similar
 embeddings. The ridge path (its strength as a function of K), the kernel's temperature and the residual's
 gain are meta-trained by gradient descent through the closed-form fit, on episodes of the meta-train groups
-with each group left out of its own sources; the step kept is the one best on the validation groups."""
+with each group left out of its own sources; the step kept is the one best on the validation groups. Items no
+seen group answered (sparse sources) are predicted by a softmax head on the candidate vectors: fitted on the
+seen groups' answers to the items they did answer, then on the group's own K answers, pulled toward it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..data import TaskData
 from ..protocol import Episode, draw_episode
 from ..registry import METHODS
 from .base import Method
+from .baselines import fit_softmax_head, score_targets, stacked
 
 
 class Sources:
@@ -71,6 +74,7 @@ class MetaMix(Method):
         self.unit = torch.tensor(features.matrix / norms, dtype=torch.float64)
         self.params = initial_parameters(settings)
         self.test_sources = Sources(setup.task, setup.split.seen)
+        self._population_head: np.ndarray | None = None
 
     # -- the model -------------------------------------------------------------------------------------------------
 
@@ -208,13 +212,28 @@ class MetaMix(Method):
             with torch.no_grad():
                 pred = self.forward(self.tensors(sources, episode, answered), to_tensors(self.params)).numpy()
             by_item = {i: row[: self.n_candidates(i)] for i, row in zip(answered, pred, strict=True)}
-        out = []
-        for item in episode.targets:
-            if item not in by_item:
-                self.count_fallback(episode, "uniform")
-                by_item[item] = np.full(self.n_candidates(item), 1.0 / self.n_candidates(item))
-            out.append(by_item[item])
-        return out
+        unanswered = tuple(i for i in episode.targets if i not in by_item)
+        if unanswered:
+            preds = score_targets(self.setup.features, unanswered, self.text_head(episode))
+            for item, pred in zip(unanswered, preds, strict=True):
+                self.count_fallback(episode, "text-head")
+                by_item[item] = pred
+        return [by_item[item] for item in episode.targets]
+
+    def text_head(self, episode: Episode) -> np.ndarray:
+        """Softmax-head weights for items no seen group answered: the seen groups' head, refitted on the group's
+        K answers with an L2 pull (`group_l2`) toward it (K = 0: the seen groups' head itself)."""
+        if self._population_head is None:
+            sources = self.test_sources
+            items = sorted(sources.population)
+            x, sizes = stacked(self.setup.features, items)
+            y = np.concatenate([sources.population[i] for i in items]) if items else np.zeros(0)
+            self._population_head = fit_softmax_head(x, y, sizes, self.settings["population_l2"])
+        if not episode.context:
+            return self._population_head
+        x, sizes = stacked(self.setup.features, list(episode.context))
+        y = np.concatenate(episode.context_targets)
+        return fit_softmax_head(x, y, sizes, self.settings["group_l2"], center=self._population_head)
 
 
 def initial_parameters(settings: dict) -> dict[str, float]:
