@@ -201,21 +201,30 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
 
 
 def test_gpo_learns_the_planted_group_structure(tmp_path):
-    """On `synthetic` (two group types with opposed tastes), GPO must read the group's type from its
-    few shots: it beats `population` by at least 0.08 and `uniform` by 0.15 for every K >= 5.
-    A 2-layer GPO with lr 2e-3 keeps this under a minute; the architecture is otherwise the card's.
-    (With lr 1e-3 whether 1500 steps found the structure hung on float rounding: on one thread the
-    previous implementation reached 0.746 at K = 5 and this one 0.683, against 0.864 with 2e-3.)"""
+    """On `synthetic_one_topic` (two group types with opposed tastes, one topic word per candidate), GPO must
+    read the group's type from its few shots: it beats `population` by at least 0.08 and `uniform` by 0.15 for
+    every K >= 5. A 2-layer GPO keeps this under two minutes; the architecture is otherwise the card's.
+    Split seed 1 puts both types among the validation groups (with split seed 0 both are of one type, and a
+    checkpoint that ignores the shots can look best). Measured before committing, seeds 0-3, with and
+    without a change that only moved float rounding: K = 5 at 0.83-0.90 against `population`'s 0.73.
+    (On `synthetic`, where each candidate names two topics, whether 1500 steps escaped the plateau of
+    predicting the average hung on float rounding.)"""
     from gpo_bench.runner import RunSpec, execute
 
     def run(method, **overrides):
         spec = RunSpec(
-            task="synthetic", method=method, encoder="bow", shots=(5, 10, 20), seeds=(0,), overrides=overrides
+            task="synthetic_one_topic",
+            method=method,
+            encoder="bow",
+            shots=(5, 10, 20),
+            seeds=(0,),
+            split_seed=1,
+            overrides=overrides,
         )
         result = execute(spec, None, tmp_path, device="cpu")
         return {k: v["alignment"]["mean"] for k, v in result["metrics"].items()}
 
-    gpo = run("gpo", layers=2, lr=2e-3, max_steps=1500, eval_every=100, patience=None)
+    gpo = run("gpo", layers=2, lr=1e-3, max_steps=2000, eval_every=100, patience=None)
     population, uniform = run("population"), run("uniform")
     for k in ("5", "10", "20"):
         assert gpo[k] > population[k] + 0.08, (k, gpo[k], population[k])

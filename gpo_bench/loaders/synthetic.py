@@ -1,6 +1,7 @@
 """Generated opinion tasks with planted group structure, for tests and demos. `synthetic`: groups come in
-types with opposed tastes over topic words, and each candidate's text names two topics, so a
-method that reads the candidates and the group's few shots can recover the group's type.
+types with opposed tastes over topic words, and each candidate's text names two topics (the card's
+`topics_per_candidate`; with 1 an item's candidates name distinct single topics), so a method that reads the
+candidates and the group's few shots can recover the group's type.
 `synthetic_mixture`: each group mixes latent archetypes (visible only through other groups' answers) and tilts
 the mixture by its own taste over the topic words (visible only through the text)."""
 
@@ -33,7 +34,8 @@ TOPICS = (
 @LOADERS.register("synthetic", "generated survey with planted group types (no data needed)")
 def load_synthetic(card: TaskCard, data_dir: Path | None) -> TaskData:
     source = {"seed": 0, "groups": 12, "types": 3, "items": 150, "candidates": 4, "sharpness": 2.0, "noise": 0.2}
-    source.update(card.source)
+    source.update({"topics_per_candidate": 2, **card.source})
+    per_candidate = source["topics_per_candidate"]
     rng = np.random.default_rng(source["seed"])
     type_tastes = rng.normal(size=(source["types"], len(TOPICS)))
     tastes = {
@@ -42,15 +44,18 @@ def load_synthetic(card: TaskCard, data_dir: Path | None) -> TaskData:
     }
     items, groups = {}, {name: Group(name) for name in tastes}
     for i in range(source["items"]):
-        pairs = [rng.choice(len(TOPICS), size=2, replace=False) for _ in range(source["candidates"])]
+        if per_candidate == 1:  # distinct topics within an item
+            pairs = [[t] for t in rng.choice(len(TOPICS), size=source["candidates"], replace=False)]
+        else:
+            pairs = [rng.choice(len(TOPICS), size=per_candidate, replace=False) for _ in range(source["candidates"])]
         item = Item(
             f"syn-{i:04d}",
             "Which should come first?",
-            tuple(f"{TOPICS[a]} and {TOPICS[b]}" for a, b in pairs),
+            tuple(" and ".join(TOPICS[t] for t in topics) for topics in pairs),
         )
         items[item.id] = item
         for name, taste in tastes.items():
-            logits = source["sharpness"] * np.array([taste[a] + taste[b] for a, b in pairs])
+            logits = source["sharpness"] * np.array([taste[topics].sum() for topics in pairs])
             weights = np.exp(logits - logits.max())
             groups[name].targets[item.id] = weights / weights.sum()
     task = TaskData(card.name, card.metric, items, groups, notes=[f"generated with {source}"])
