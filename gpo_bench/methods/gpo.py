@@ -9,6 +9,7 @@ Speed without changing the function:
 - no token attends to a target, so each layer runs attention with only the group's context as keys
   (cost T x C instead of (C+T)^2); a test checks equality with the authors' masked
   `nn.TransformerEncoder`;
+- the last layer computes the target tokens only (the context's outputs there are never read);
 - the embedding MLP's first layer is applied once per distinct candidate vector of a batch;
 - seeds train together: on CUDA `GPOEnsemble` holds S networks' parameters stacked on a leading axis,
   every linear layer is one batched matmul over the S members, and Adam (elementwise) updates each
@@ -116,13 +117,17 @@ class GPOEnsemble(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature table x [U, d] and a batch of S members' sequences → mu, s per target point, flat in
-        `batch.targets` order. With `batched` set, each linear layer is one batched matmul over the
+        """Feature table x [U, d] and a batch of S members' sequences → mu, s per target point, member by
+        member and group by group. With `batched` set, each linear layer is one batched matmul over the
         members and each attention one call for all groups; otherwise loops (faster on the CPU)."""
         tokens = self.embed_points(x, batch.rows, batch.y)
-        for i in range(self.n_layers):
-            tokens = self.layer_step(f"encoder.layers.{i}.", tokens, batch)
-        out = self.linear("head.2", F.relu(self.linear("head.0", tokens))).flatten(0, 1)[batch.targets]
+        for i in range(self.n_layers - 1):
+            tokens = self.layer_step(f"encoder.layers.{i}.", tokens, batch, batch.every_token)
+        # only the targets' outputs of the last layer are read: the context supplies its keys and values
+        d_model = tokens.shape[-1]
+        targets = tokens.gather(1, batch.target_tokens[..., None].expand(-1, -1, d_model))
+        targets = self.layer_step(f"encoder.layers.{self.n_layers - 1}.", tokens, batch, batch.targets, targets)
+        out = self.linear("head.2", F.relu(self.linear("head.0", targets))).flatten(0, 1)[batch.target_flat]
         return out[:, 0], out[:, 1]
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -149,19 +154,24 @@ class GPOEnsemble(nn.Module):
         out = F.layer_norm(x, x.shape[-1:], eps=1e-5)
         return out * self.p(name + ".weight")[:, None] + self.p(name + ".bias")[:, None]
 
-    def layer_step(self, prefix: str, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def layer_step(
+        self, prefix: str, tokens: torch.Tensor, batch: Batch, layout: Queries, queries: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One post-LN `nn.TransformerEncoderLayer` (ReLU, no dropout) per member, in which each
-        group's tokens attend to that group's context tokens only."""
+        group's tokens attend to that group's context tokens only. Computed for `queries` (default: every
+        token) laid out as `layout` says; the keys and values come from the context among `tokens`."""
+        queries = tokens if queries is None else queries
         w, b = self.p(prefix + "self_attn.in_proj_weight"), self.p(prefix + "self_attn.in_proj_bias")
         d_model = tokens.shape[-1]
-        q = batched_linear(tokens, w[:, :d_model], b[:, :d_model], self.batched)
+        q = batched_linear(queries, w[:, :d_model], b[:, :d_model], self.batched)
         context = tokens.gather(1, batch.context[..., None].expand(-1, -1, d_model))
         kv = batched_linear(context, w[:, d_model:], b[:, d_model:], self.batched)
         k, v = kv.chunk(2, -1)
-        attended = (packed_attention if self.batched else looped_attention)(q, k, v, batch, self.heads)
-        tokens = self.layer_norm(prefix + "norm1", tokens + self.linear(prefix + "self_attn.out_proj", attended))
-        ff = self.linear(prefix + "linear2", F.relu(self.linear(prefix + "linear1", tokens)))
-        return self.layer_norm(prefix + "norm2", tokens + ff)
+        attention = packed_attention if self.batched else looped_attention
+        attended = attention(q, k, v, batch, layout, self.heads)
+        queries = self.layer_norm(prefix + "norm1", queries + self.linear(prefix + "self_attn.out_proj", attended))
+        ff = self.linear(prefix + "linear2", F.relu(self.linear(prefix + "linear1", queries)))
+        return self.layer_norm(prefix + "norm2", queries + ff)
 
 
 def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, batched: bool) -> torch.Tensor:
@@ -185,14 +195,14 @@ def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
 
 
-def looped_attention(q, k, v, batch: Batch, heads: int) -> torch.Tensor:
+def looped_attention(q, k, v, batch: Batch, layout: Queries, heads: int) -> torch.Tensor:
     """Per member and group: softmax(q k^T / sqrt(d)) v over that group's context; zero for a group
     without context (attending to nothing contributes zero before the output projection). Groups are
     taken with `split`: slicing them made the backward pass allocate and fill a full-size gradient for
     every group."""
     scale = (q.shape[-1] // heads) ** -0.5
     members = []
-    for spans, q_m, k_m, v_m in zip(batch.spans, q.unbind(), k.unbind(), v.unbind(), strict=True):
+    for spans, q_m, k_m, v_m in zip(layout.spans, q.unbind(), k.unbind(), v.unbind(), strict=True):
         sizes = [end - start for start, end, _, _ in spans]
         ctx_sizes = [ctx_end - ctx_start for _, _, ctx_start, ctx_end in spans]
         ctx_sizes.append(len(k_m) - sum(ctx_sizes))  # and the padding, as for the queries
@@ -211,16 +221,16 @@ def looped_attention(q, k, v, batch: Batch, heads: int) -> torch.Tensor:
     return torch.stack(members)
 
 
-def packed_attention(q, k, v, batch: Batch, heads: int) -> torch.Tensor:
+def packed_attention(q, k, v, batch: Batch, layout: Queries, heads: int) -> torch.Tensor:
     """The same as `looped_attention` in one `scaled_dot_product_attention` call: every (member,
     group) padded to the longest group, keys outside the group's context masked. A group without
     context attends to one zero key/value, which gives zero."""
     with_zero = lambda t: torch.cat([t.flatten(0, 1), t.new_zeros(1, t.shape[-1])])  # noqa: E731
-    queries = split_heads(with_zero(q)[batch.query_index], heads)
+    queries = split_heads(with_zero(q)[layout.index], heads)
     keys = split_heads(with_zero(k)[batch.key_index], heads)
     values = split_heads(with_zero(v)[batch.key_index], heads)
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=batch.key_mask[:, None, None, :])
-    return with_zero(out.transpose(1, 2).flatten(2))[batch.scatter_back].view_as(q)
+    return with_zero(out.transpose(1, 2).flatten(2))[layout.scatter_back].view_as(q)
 
 
 def gaussian_nll(p: torch.Tensor, log_std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -251,22 +261,32 @@ class Part:
 
 
 @dataclass
+class Queries:
+    """The tokens a layer computes, as [S, N] (every token: N = L; the last layer's targets: N = T), and
+    where each (member, group) finds its own among them."""
+
+    spans: list[list[tuple[int, int, int, int]]]  # per member, per group: queries start, end; context start, end
+    index: torch.Tensor  # packed attention: [B, N'] flat query (member * N + j) of each (member, group) row; pad = S*N
+    scatter_back: torch.Tensor  # [S*N] row of each query in the flattened [B*N'] output; pad = B*N'
+
+
+@dataclass
 class Batch:
     """S members' sequences, each [group 1 context, group 1 targets, group 2 context, …] padded to L."""
 
     rows: torch.Tensor  # [S, L] feature row of each token (0 for padding)
     y: torch.Tensor  # [S, L] context shares; 0 for targets and padding
     context: torch.Tensor  # [S, C] position of each member's context tokens (0 for padding)
-    spans: list[list[tuple[int, int, int, int]]]  # per member, per group: tokens start, end; context start, end
-    targets: torch.Tensor  # [ΣT] flat position (member * L + position) of every target token
+    target_tokens: torch.Tensor  # [S, T] position of each member's target tokens (0 for padding)
+    target_flat: torch.Tensor  # [ΣT] flat index (member * T + j) of every real target, member by member
     target_member: torch.Tensor  # [ΣT]
     tgt_y: torch.Tensor  # [ΣT]
     tgt_segment: torch.Tensor  # [ΣT] item segment of each target point, unique across the batch
     n_segments: int
-    query_index: torch.Tensor  # packed attention: [B, N] flat token of each (member, group) row; pad = S*L
-    key_index: torch.Tensor  # [B, C'] flat context token (member * C + j); pad = S*C
+    every_token: Queries
+    targets: Queries
+    key_index: torch.Tensor  # packed attention: [B, C'] flat context token (member * C + j); pad = S*C
     key_mask: torch.Tensor  # [B, C'] which keys a row attends to
-    scatter_back: torch.Tensor  # [S*L] row of each token in the flattened [B*N] output; pad = B*N
 
 
 def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
@@ -275,54 +295,66 @@ def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
     n_tgt = [[len(p.tgt_rows) for p in parts] for parts in members]
     length = max(1, max(sum(c) + sum(t) for c, t in zip(n_ctx, n_tgt, strict=True)))
     width = max(1, max(sum(c) for c in n_ctx))
+    n_targets = max(1, max(sum(t) for t in n_tgt))
     rows = torch.zeros(len(members), length, dtype=torch.long, device=device)
     y = torch.zeros(len(members), length, device=device)
     context = np.zeros((len(members), width), dtype=np.int64)
-    spans, targets, target_member, tgt_y, segments = [], [], [], [], []
-    segment_offset, groups = 0, []
+    target_tokens = np.zeros((len(members), n_targets), dtype=np.int64)
+    target_flat, target_member, tgt_y, segments = [], [], [], []
+    segment_offset = 0
+    every_token, targets = [], []  # per (member, group): member, queries start, count, context start, count
     for s, parts in enumerate(members):
-        position = ctx_seen = 0
-        member_spans = []
+        position = ctx_seen = tgt_seen = 0
         for part in parts:
             c, t = len(part.ctx_rows), len(part.tgt_rows)
             rows[s, position : position + c + t] = torch.cat([part.ctx_rows, part.tgt_rows])
             y[s, position : position + c] = part.ctx_y
             context[s, ctx_seen : ctx_seen + c] = np.arange(position, position + c)
-            targets.append(np.arange(s * length + position + c, s * length + position + c + t))
+            target_tokens[s, tgt_seen : tgt_seen + t] = np.arange(position + c, position + c + t)
+            target_flat.append(s * n_targets + np.arange(tgt_seen, tgt_seen + t))
             target_member.append(np.full(t, s))
             tgt_y.append(part.tgt_y)
             segments.append(part.tgt_item + segment_offset)
-            member_spans.append((position, position + c + t, ctx_seen, ctx_seen + c))
-            groups.append((s, position, c + t, ctx_seen, c))
-            position, ctx_seen, segment_offset = position + c + t, ctx_seen + c, segment_offset + part.n_items
-        spans.append(member_spans)
-    n_rows = max(n for _, _, n, _, _ in groups)
-    n_keys = max(1, max(c for *_, c in groups))
-    query_index = np.full((len(groups), n_rows), len(members) * length)
-    key_index = np.full((len(groups), n_keys), len(members) * width)
-    key_mask = np.zeros((len(groups), n_keys), dtype=bool)
-    scatter_back = np.full(len(members) * length, len(groups) * n_rows)
-    for b, (s, start, n, ctx_start, c) in enumerate(groups):
-        query_index[b, :n] = s * length + np.arange(start, start + n)
+            every_token.append((s, position, c + t, ctx_seen, c))
+            targets.append((s, tgt_seen, t, ctx_seen, c))
+            position, ctx_seen, tgt_seen = position + c + t, ctx_seen + c, tgt_seen + t
+            segment_offset += part.n_items
+    n_keys = max(1, max(c for *_, c in every_token))
+    key_index = np.full((len(every_token), n_keys), len(members) * width)
+    key_mask = np.zeros((len(every_token), n_keys), dtype=bool)
+    for b, (s, _, _, ctx_start, c) in enumerate(every_token):
         key_index[b, :c] = s * width + np.arange(ctx_start, ctx_start + c)
         key_mask[b, : max(c, 1)] = True  # no context: the zero key at the pad index, which gives zero
-        scatter_back[s * length + start : s * length + start + n] = b * n_rows + np.arange(n)
     as_index = lambda a: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, device=device)  # noqa: E731
     return Batch(
         rows=rows,
         y=y,
         context=as_index(context),
-        spans=spans,
-        targets=as_index(targets),
+        target_tokens=as_index(target_tokens),
+        target_flat=as_index(target_flat),
         target_member=as_index(target_member),
         tgt_y=torch.cat(tgt_y),
         tgt_segment=torch.cat(segments),
         n_segments=segment_offset,
-        query_index=as_index(query_index),
+        every_token=query_layout(every_token, len(members), length, device),
+        targets=query_layout(targets, len(members), n_targets, device),
         key_index=as_index(key_index),
         key_mask=as_index(key_mask),
-        scatter_back=as_index(scatter_back),
     )
+
+
+def query_layout(groups: list[tuple[int, int, int, int, int]], n_members: int, length: int, device) -> Queries:
+    """Queries for (member, queries start, count, context start, count) per group, each member's queries
+    padded to `length`."""
+    spans: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_members)]
+    n_rows = max(1, max(n for _, _, n, _, _ in groups))
+    index = np.full((len(groups), n_rows), n_members * length)
+    scatter_back = np.full(n_members * length, len(groups) * n_rows)
+    for b, (s, start, n, ctx_start, c) in enumerate(groups):
+        spans[s].append((start, start + n, ctx_start, ctx_start + c))
+        index[b, :n] = s * length + np.arange(start, start + n)
+        scatter_back[s * length + start : s * length + start + n] = b * n_rows + np.arange(n)
+    return Queries(spans, torch.as_tensor(index, device=device), torch.as_tensor(scatter_back, device=device))
 
 
 @functools.cache
