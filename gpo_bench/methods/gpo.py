@@ -213,7 +213,7 @@ def looped_attention(q, k, v, batch: Batch, layout: Queries, heads: int) -> torc
             if len(ks) == 0:
                 outputs.append(qs.new_zeros(qs.shape))
                 continue
-            scores = split_heads(qs, heads) @ split_heads(ks, heads).transpose(1, 2) * scale
+            scores = split_heads(qs * scale, heads) @ split_heads(ks, heads).transpose(1, 2)
             attended = torch.softmax(scores, -1) @ split_heads(vs, heads)
             outputs.append(attended.transpose(0, 1).flatten(1))
         outputs.append(queries[-1].new_zeros(queries[-1].shape))  # padding
