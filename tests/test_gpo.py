@@ -317,7 +317,7 @@ def test_interrupted_seeds_in_processes_stop_at_once_and_resume(tmp_path):
     import time
     from pathlib import Path
 
-    tiny = dict(d_model=16, layers=1, heads=2, d_ff=16, mlp_depth=2, max_steps=600, eval_every=10, patience="null")
+    tiny = dict(d_model=16, layers=1, heads=2, d_ff=16, mlp_depth=2, max_steps=3000, eval_every=10, patience="null")
     settings = [f"--set={k}={v}" for k, v in tiny.items()]
     argv = [sys.executable, "-m", "gpo_bench", "run", "--task", "synthetic", "--method", "gpo", "--encoder", "bow"]
     argv += ["--shots", "5", "--output-dir", str(tmp_path), *settings]
