@@ -11,6 +11,7 @@ seen groups' answers to the items they did answer, then on the group's own K ans
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,6 @@ class MetaMix(Method):
         self.unit = torch.tensor(features.matrix / norms, dtype=torch.float64)
         self.params = initial_parameters(settings)
         self.test_sources = Sources(setup.task, setup.split.seen)
-        self._population_head: np.ndarray | None = None
 
     # -- the model -------------------------------------------------------------------------------------------------
 
@@ -223,17 +223,19 @@ class MetaMix(Method):
     def text_head(self, episode: Episode) -> np.ndarray:
         """Softmax-head weights for items no seen group answered: the seen groups' head, refitted on the group's
         K answers with an L2 pull (`group_l2`) toward it (K = 0: the seen groups' head itself)."""
-        if self._population_head is None:
-            sources = self.test_sources
-            items = sorted(sources.population)
-            x, sizes = stacked(self.setup.features, items)
-            y = np.concatenate([sources.population[i] for i in items]) if items else np.zeros(0)
-            self._population_head = fit_softmax_head(x, y, sizes, self.settings["population_l2"])
         if not episode.context:
-            return self._population_head
+            return self.population_head
         x, sizes = stacked(self.setup.features, list(episode.context))
         y = np.concatenate(episode.context_targets)
-        return fit_softmax_head(x, y, sizes, self.settings["group_l2"], center=self._population_head)
+        return fit_softmax_head(x, y, sizes, self.settings["group_l2"], center=self.population_head)
+
+    @functools.cached_property
+    def population_head(self) -> np.ndarray:
+        """The softmax head fitted on the seen groups' answers to every item they answered (fitted once)."""
+        items = sorted(self.test_sources.population)
+        x, sizes = stacked(self.setup.features, items)
+        y = np.concatenate([self.test_sources.population[i] for i in items]) if items else np.zeros(0)
+        return fit_softmax_head(x, y, sizes, self.settings["population_l2"])
 
 
 def initial_parameters(settings: dict) -> dict[str, float]:
