@@ -239,9 +239,10 @@ def test_embedding_gradients_are_deterministic_with_shared_vectors():
     x, rows, y = torch.randn(3000, 512), torch.randint(3000, (1, 20000)), torch.rand(1, 20000)
     weights = torch.arange(20000.0)[:, None]
     grads = []
+    distinct, position = torch.unique(rows, return_inverse=True)
     for _ in range(5):
         model.zero_grad()
-        (model.embed_points(x, rows, y)[0].sin() * weights).sum().backward()
+        (model.embed_points(x, distinct, position, y)[0].sin() * weights).sum().backward()
         grads.append(model.p("embed.0.weight").grad.clone())
     assert all(torch.equal(grads[0], g) for g in grads[1:])
 
@@ -274,6 +275,33 @@ def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path, monkeypatch)
         np.testing.assert_allclose(predictions(method), predictions(alone), atol=1e-5)
     # the seeds are different models
     assert not np.allclose(predictions(together[0][0]), predictions(together[1][0]), atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_training_step_never_waits_for_the_device(tmp_path):
+    """Three seeds together in the CUDA layout: after a warm-up step, training steps neither read values back
+    nor copy from pageable memory (torch's sync debug mode turns any synchronisation into an error)."""
+    import dataclasses
+
+    from gpo_bench.methods.gpo import GPO, train_step
+
+    members = [
+        GPO(TINY, dataclasses.replace(synthetic_setup(tmp_path / f"seed{s}", s), device="cuda")) for s in range(3)
+    ]
+    model = GPOEnsemble([m.model.network(0) for m in members]).cuda()
+    model.batched = True
+    optimizer = torch.optim.Adam(model.parameters(), lr=TINY["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
+    generators = [torch.Generator().manual_seed(s) for s in range(3)]
+    train_step(members, model, generators, optimizer, scheduler)  # first-time allocations may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            losses = train_step(members, model, generators, optimizer, scheduler)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(losses).all()
 
 
 def test_seeds_trained_in_processes_equal_seeds_trained_alone(tmp_path):

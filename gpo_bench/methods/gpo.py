@@ -18,7 +18,10 @@ Speed without changing the function:
   runs (tested: up to float rounding on CUDA's layout, exactly in processes);
 - attention: on CUDA one `scaled_dot_product_attention` call per layer for all groups of all members
   (padded to the longest group, keys masked); on the CPU a loop over groups, which measured faster
-  there (`benchmarks/gpo_gpu.py --attention`); both paths are tested equal.
+  there (`benchmarks/gpo_gpu.py --attention`); both paths are tested equal;
+- a step's batch (sampling, layout, distinct feature rows, target counts) is built on the host and copied
+  to the device once, through pinned memory: a CUDA step never waits for the device (a GPU test runs
+  steps under torch's sync debug mode).
 
 Deviations from the authors' code, each a fix: validation groups (not the test groups) pick the
 checkpoint; the loss is the mean over real target points (theirs counts padding in the mean);
@@ -33,7 +36,7 @@ import logging
 import math
 import multiprocessing
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from queue import Empty
 
@@ -120,7 +123,7 @@ class GPOEnsemble(nn.Module):
         """Feature table x [U, d] and a batch of S members' sequences → mu, s per target point, member by
         member and group by group. With `batched` set, each linear layer is one batched matmul over the
         members and each attention one call for all groups; otherwise loops (faster on the CPU)."""
-        tokens = self.embed_points(x, batch.rows, batch.y)
+        tokens = self.embed_points(x, batch.distinct, batch.position, batch.y)
         for i in range(self.n_layers - 1):
             tokens = self.layer_step(f"encoder.layers.{i}.", tokens, batch, batch.every_token)
         # only the targets' outputs of the last layer are read: the context supplies its keys and values
@@ -134,17 +137,19 @@ class GPOEnsemble(nn.Module):
         """x [S, n, in] through member s's Linear `name` → [S, n, out]."""
         return batched_linear(x, self.p(name + ".weight"), self.p(name + ".bias"), self.batched)
 
-    def embed_points(self, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """MLP([x[rows]; y]) for rows, y [S, L]. Its first layer is W_x x + w_y y + b, and W_x x is
-        computed once per distinct row: a candidate recurs in every group that answered it, and at
-        d = 4096 gathering x[rows] would hold one copy of the vector per point."""
+    def embed_points(
+        self, x: torch.Tensor, distinct: torch.Tensor, position: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """MLP([x[rows]; y]) for the tokens' feature rows = distinct[position] and y, both [S, L]. Its first
+        layer is W_x x + w_y y + b, and W_x x is computed once per distinct row: a candidate recurs in every
+        group that answered it, and at d = 4096 gathering x[rows] would hold one copy of the vector per point."""
         weight, bias = self.p("embed.0.weight"), self.p("embed.0.bias")
-        distinct, position = torch.unique(rows, return_inverse=True)
-        projected = batched_linear(x[distinct].expand(len(rows), -1, -1), weight[:, :, :-1], None, self.batched)
-        offsets = torch.arange(len(rows), device=rows.device)[:, None] * len(distinct)
+        n_members = len(position)
+        projected = batched_linear(x[distinct].expand(n_members, -1, -1), weight[:, :, :-1], None, self.batched)
+        offsets = torch.arange(n_members, device=position.device)[:, None] * len(distinct)
         # index_select, not [position]: the backward of advanced indexing with repeated indices adds
         # in a thread-dependent order on the CPU, which made training non-deterministic.
-        hidden = projected.flatten(0, 1).index_select(0, (position + offsets).flatten()).view(*rows.shape, -1)
+        hidden = projected.flatten(0, 1).index_select(0, (position + offsets).flatten()).view(*position.shape, -1)
         hidden = hidden + y[..., None] * weight[:, None, :, -1] + bias[:, None]
         for i in range(2, 2 * self.mlp_layers - 1, 2):
             hidden = self.linear(f"embed.{i}", F.relu(hidden))
@@ -235,12 +240,13 @@ def packed_attention(q, k, v, batch: Batch, layout: Queries, heads: int) -> torc
 
 def gaussian_nll(p: torch.Tensor, log_std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per point -log N(y; p, exp(s)^2)."""
-    return -torch.distributions.Normal(p, torch.exp(log_std)).log_prob(y)
+    # validate_args=False: the argument checks read values back to the host, a CUDA sync in every step
+    return -torch.distributions.Normal(p, torch.exp(log_std), validate_args=False).log_prob(y)
 
 
 @dataclass
 class GroupPoints:
-    """One group's items as flat candidate points on the device."""
+    """One group's items as flat candidate points (on the host: batches are built there, see `make_batch`)."""
 
     items: list[str]
     rows: torch.Tensor  # feature row of each point
@@ -274,12 +280,14 @@ class Queries:
 class Batch:
     """S members' sequences, each [group 1 context, group 1 targets, group 2 context, …] padded to L."""
 
-    rows: torch.Tensor  # [S, L] feature row of each token (0 for padding)
+    distinct: torch.Tensor  # [U] the distinct feature rows of the batch's tokens (padding: row 0)
+    position: torch.Tensor  # [S, L] each token's index into `distinct`
     y: torch.Tensor  # [S, L] context shares; 0 for targets and padding
     context: torch.Tensor  # [S, C] position of each member's context tokens (0 for padding)
     target_tokens: torch.Tensor  # [S, T] position of each member's target tokens (0 for padding)
     target_flat: torch.Tensor  # [ΣT] flat index (member * T + j) of every real target, member by member
     target_member: torch.Tensor  # [ΣT]
+    target_counts: torch.Tensor  # [S] real target points per member
     tgt_y: torch.Tensor  # [ΣT]
     tgt_segment: torch.Tensor  # [ΣT] item segment of each target point, unique across the batch
     n_segments: int
@@ -290,14 +298,16 @@ class Batch:
 
 
 def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
-    """Per member, per group Parts → one padded batch for `GPOEnsemble.forward`."""
+    """Per member, per group Parts (on the host) → one padded batch for `GPOEnsemble.forward` on `device`. The
+    batch is built on the host and copied over once, so that a CUDA step never waits for the host and the
+    host never waits for the device (no sizes or values read back inside a step)."""
     n_ctx = [[len(p.ctx_rows) for p in parts] for parts in members]
     n_tgt = [[len(p.tgt_rows) for p in parts] for parts in members]
     length = max(1, max(sum(c) + sum(t) for c, t in zip(n_ctx, n_tgt, strict=True)))
     width = max(1, max(sum(c) for c in n_ctx))
     n_targets = max(1, max(sum(t) for t in n_tgt))
-    rows = torch.zeros(len(members), length, dtype=torch.long, device=device)
-    y = torch.zeros(len(members), length, device=device)
+    rows = torch.zeros(len(members), length, dtype=torch.long)
+    y = torch.zeros(len(members), length)
     context = np.zeros((len(members), width), dtype=np.int64)
     target_tokens = np.zeros((len(members), n_targets), dtype=np.int64)
     target_flat, target_member, tgt_y, segments = [], [], [], []
@@ -325,25 +335,40 @@ def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
     for b, (s, _, _, ctx_start, c) in enumerate(every_token):
         key_index[b, :c] = s * width + np.arange(ctx_start, ctx_start + c)
         key_mask[b, : max(c, 1)] = True  # no context: the zero key at the pad index, which gives zero
-    as_index = lambda a: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, device=device)  # noqa: E731
-    return Batch(
-        rows=rows,
+    distinct, position = torch.unique(rows, return_inverse=True)
+    as_index = lambda a: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a)  # noqa: E731
+    target_member = as_index(target_member)
+    host = Batch(
+        distinct=distinct,
+        position=position,
         y=y,
         context=as_index(context),
         target_tokens=as_index(target_tokens),
         target_flat=as_index(target_flat),
-        target_member=as_index(target_member),
+        target_member=target_member,
+        target_counts=torch.bincount(target_member, minlength=len(members)),
         tgt_y=torch.cat(tgt_y),
         tgt_segment=torch.cat(segments),
         n_segments=segment_offset,
-        every_token=query_layout(every_token, len(members), length, device),
-        targets=query_layout(targets, len(members), n_targets, device),
+        every_token=query_layout(every_token, len(members), length),
+        targets=query_layout(targets, len(members), n_targets),
         key_index=as_index(key_index),
         key_mask=as_index(key_mask),
     )
+    return to_device(host, device)
 
 
-def query_layout(groups: list[tuple[int, int, int, int, int]], n_members: int, length: int, device) -> Queries:
+def to_device(value, device: torch.device):
+    """A batch (or any of its fields) with every tensor on `device`; to CUDA through pinned memory, without
+    blocking the host."""
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else value.to(device)
+    if isinstance(value, (Batch, Queries)):
+        return type(value)(**{f.name: to_device(getattr(value, f.name), device) for f in fields(value)})
+    return value
+
+
+def query_layout(groups: list[tuple[int, int, int, int, int]], n_members: int, length: int) -> Queries:
     """Queries for (member, queries start, count, context start, count) per group, each member's queries
     padded to `length`."""
     spans: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_members)]
@@ -354,7 +379,7 @@ def query_layout(groups: list[tuple[int, int, int, int, int]], n_members: int, l
         spans[s].append((start, start + n, ctx_start, ctx_start + c))
         index[b, :n] = s * length + np.arange(start, start + n)
         scatter_back[s * length + start : s * length + start + n] = b * n_rows + np.arange(n)
-    return Queries(spans, torch.as_tensor(index, device=device), torch.as_tensor(scatter_back, device=device))
+    return Queries(spans, torch.as_tensor(index), torch.as_tensor(scatter_back))
 
 
 @functools.cache
@@ -396,7 +421,7 @@ class GPO(Method):
         rows = np.concatenate([features.rows[i] for i in items])
         y = np.concatenate([targets[i] for i in items])
         item_of = np.concatenate([np.full(len(targets[i]), n) for n, i in enumerate(items)])
-        as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
+        as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype)  # noqa: E731
         return GroupPoints(
             items, as_tensor(rows, torch.long), as_tensor(y, torch.float32), as_tensor(item_of, torch.long)
         )
@@ -426,8 +451,8 @@ class GPO(Method):
             n_ctx = int(torch.randint(lo, hi + 1, (1,), generator=generator))
             t_hi = max(1, min(tgt_hi, n - n_ctx))
             n_tgt = int(torch.randint(min(tgt_lo, t_hi), t_hi + 1, (1,), generator=generator))
-            order = torch.randperm(n, generator=generator).to(self.device)
-            role = torch.zeros(n, dtype=torch.long, device=self.device)
+            order = torch.randperm(n, generator=generator)
+            role = torch.zeros(n, dtype=torch.long)
             role[order[:n_ctx]] = 1
             role[order[n_ctx : n_ctx + n_tgt]] = 2
             point_role = role[group.item_of]
@@ -483,7 +508,7 @@ class GPO(Method):
         """All episodes in one batch: every target item of every group in one model call."""
         self.model.eval()
         rows = self.setup.features.rows
-        as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
+        as_tensor = lambda a, dtype: torch.as_tensor(a, dtype=dtype)  # noqa: E731
         parts, sizes = [], []
         for episode in episodes:
             ctx_rows = [rows[i] for i in episode.context]
@@ -493,7 +518,7 @@ class GPO(Method):
                     as_tensor(np.concatenate(ctx_rows) if ctx_rows else np.zeros(0), torch.long),
                     as_tensor(np.concatenate(episode.context_targets) if ctx_rows else np.zeros(0), torch.float32),
                     as_tensor(np.concatenate([rows[i] for i in episode.targets]), torch.long),
-                    torch.zeros(sum(tgt_sizes), device=self.device),
+                    torch.zeros(sum(tgt_sizes)),
                     as_tensor(np.repeat(np.arange(len(tgt_sizes)), tgt_sizes), torch.long),
                     len(tgt_sizes),
                 )
@@ -666,8 +691,7 @@ def train_step(members: list[GPO], model: GPOEnsemble, generators, optimizer, sc
     batch = make_batch([m.sample_parts(g) for m, g in zip(members, generators, strict=True)], members[0].device)
     p, log_std = members[0].run_model(model, batch)
     nll = gaussian_nll(p, log_std, batch.tgt_y)
-    counts = torch.bincount(batch.target_member, minlength=len(members))
-    losses = torch.zeros(len(members), device=nll.device).index_add(0, batch.target_member, nll) / counts
+    losses = torch.zeros(len(members), device=nll.device).index_add(0, batch.target_member, nll) / batch.target_counts
     optimizer.zero_grad(set_to_none=True)
     losses.sum().backward()
     optimizer.step()
