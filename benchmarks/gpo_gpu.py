@@ -3,7 +3,8 @@ ensemble), at OpinionQA shapes (22 groups x 500 items with 2-5 options, d = 4096
 40% meta-train), the device's peak memory, and the projected wall time of the paper's budget
 (`gpo-paper`: 200,000 steps; validation passes not included). `--attention` also times one
 forward + backward with loops over seeds and groups against the batched layout (batched matmuls,
-one attention call per layer).
+one attention call per layer). `--compile` times the compiled step (`compile: true`: batches padded to one
+static shape; on CUDA, CUDA graphs), its compilation excluded (reported apart).
 
     python benchmarks/gpo_gpu.py                        # CUDA; on a machine without it: says so, exit 2
     python benchmarks/gpo_gpu.py --device cpu --steps 5 --seeds 1,3   # the same code on the CPU
@@ -42,25 +43,40 @@ def ensemble(n_seeds: int, settings: dict, device: str, scratch: Path) -> tuple[
     return members, model
 
 
-def steps_per_second(n_seeds: int, settings: dict, device: str, steps: int, scratch: Path) -> tuple[float, float]:
-    """Training steps per second of `n_seeds` seeds together, and the peak device memory (MiB; CUDA only)."""
+def steps_per_second(
+    n_seeds: int, settings: dict, device: str, steps: int, scratch: Path
+) -> tuple[float, float, float]:
+    """Training steps per second of `n_seeds` seeds together, the peak device memory (MiB; CUDA only) and
+    the seconds of warm-up (compilation, with `compile`)."""
     members, model = ensemble(n_seeds, settings, device, scratch)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=PAPER_STEPS)
     generators = [torch.Generator().manual_seed(seed) for seed in range(n_seeds)]
     target = members[0].device
+    shape, runner, graphs = None, model, False
+    if settings["compile"]:
+        shape, graphs, model.batched = members[0].static_shape(n_seeds), target.type == "cuda", True
+        runner = torch.compile(model, mode="reduce-overhead" if graphs else None, dynamic=False)
+
+    def step() -> None:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        train_step(members, runner, generators, optimizer, scheduler, shape)
+
+    tick = time.perf_counter()
     for _ in range(3):  # warm-up
-        train_step(members, model, generators, optimizer, scheduler)
+        step()
     synchronize(target)
+    warm_up = time.perf_counter() - tick
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tick = time.perf_counter()
     for _ in range(steps):
-        train_step(members, model, generators, optimizer, scheduler)
+        step()
     synchronize(target)
     rate = steps / (time.perf_counter() - tick)
     memory = torch.cuda.max_memory_allocated() / 2**20 if target.type == "cuda" else float("nan")
-    return rate, memory
+    return rate, memory, warm_up
 
 
 def attention_paths(settings: dict, device: str, repeats: int, scratch: Path) -> dict[str, float]:
@@ -89,19 +105,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per ensemble size")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA; CPUs with AVX-512 BF16)")
     parser.add_argument("--attention", action="store_true", help="also time the two attention paths")
+    parser.add_argument("--compile", action="store_true", help="time the compiled step (static shapes; CUDA graphs)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpo_gpu: torch sees no CUDA device; nothing was run (--device cpu runs the same code)", file=sys.stderr)
         return 2
-    settings = dict(load_method_card("gpo-paper").settings, bf16=args.bf16, tf32=False)
+    settings = dict(load_method_card("gpo-paper").settings, bf16=args.bf16, tf32=False, compile=args.compile)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"GPO at OpinionQA shapes on {name}, bf16={args.bf16}")
-    print(f"{'seeds':>5} {'steps/s':>9} {'seed-steps/s':>13} {'peak MiB':>9} {'200k steps, all seeds':>22}")
+    print(f"GPO at OpinionQA shapes on {name}, bf16={args.bf16}, compile={args.compile}")
+    columns = f"{'seeds':>5} {'steps/s':>9} {'seed-steps/s':>13} {'peak MiB':>9} {'200k steps, all seeds':>22}"
+    print(f"{columns} {'warm-up s':>10}")
     with tempfile.TemporaryDirectory(prefix="gpo-gpu-") as scratch:
         for n_seeds in (int(n) for n in args.seeds.split(",")):
-            rate, memory = steps_per_second(n_seeds, settings, args.device, args.steps, Path(scratch))
+            rate, memory, warm_up = steps_per_second(n_seeds, settings, args.device, args.steps, Path(scratch))
             minutes = PAPER_STEPS / rate / 60
-            print(f"{n_seeds:>5} {rate:9.2f} {rate * n_seeds:13.2f} {memory:9.0f} {minutes:18.1f} min")
+            print(f"{n_seeds:>5} {rate:9.2f} {rate * n_seeds:13.2f} {memory:9.0f} {minutes:18.1f} min {warm_up:10.1f}")
         if args.attention:
             for path, ms in attention_paths(settings, args.device, 5, Path(scratch)).items():
                 print(f"attention, {path}: {ms:.1f} ms per forward + backward (3 seeds)")

@@ -130,6 +130,7 @@ SETTINGS: dict[str, Limit] = {
     "batch_tokens": Limit(int, 1),
     "bf16": Limit(bool),
     "chat_template": Limit(bool),
+    "compile": Limit(bool),
     "context_items": Limit(list, item=int, length=2, low=0),
     "d_ff": Limit(int, 1),
     "d_model": Limit(int, 1),

@@ -277,6 +277,55 @@ def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path, monkeypatch)
     assert not np.allclose(predictions(together[0][0]), predictions(together[1][0]), atol=1e-3)
 
 
+def test_padded_batches_give_the_losses_and_gradients_of_unpadded_ones(tmp_path):
+    """A batch padded to the run's static shape (what a compiled step trains on) gives the same per-member
+    losses and gradients as the unpadded batch; the shape holds every batch the sampler draws, and a batch
+    over it is refused with the size that does not fit."""
+    import dataclasses
+
+    from gpo_bench.methods.gpo import GPO, StaticShape
+
+    members = [GPO(TINY, synthetic_setup(tmp_path / f"seed{s}", s)) for s in range(2)]
+    model = GPOEnsemble([m.model.network(0) for m in members])
+    model.batched = True
+    shape = members[0].static_shape(2)
+    generators = [torch.Generator().manual_seed(s) for s in range(2)]
+    for _ in range(20):
+        parts = [m.sample_parts(g) for m, g in zip(members, generators, strict=True)]
+        results = []
+        for padded in (None, shape):
+            batch = make_batch(parts, CPU, padded)
+            model.zero_grad()
+            p, log_std = members[0].run_model(model, batch)
+            nll = gaussian_nll(p, log_std, batch.tgt_y) * batch.target_weight
+            losses = torch.zeros(2).index_add(0, batch.target_member, nll) / batch.target_counts
+            losses.sum().backward()
+            results.append((losses.detach(), [param.grad.clone() for param in model.parameters()]))
+        (losses, grads), (padded_losses, padded_grads) = results
+        torch.testing.assert_close(padded_losses, losses, rtol=1e-5, atol=1e-6)
+        for grad, padded_grad in zip(grads, padded_grads, strict=True):
+            torch.testing.assert_close(padded_grad, grad, rtol=1e-4, atol=1e-6)
+    assert batch.tgt_y.shape == (shape.n_flat,) and batch.distinct.shape == (shape.n_distinct,)
+    too_small: StaticShape = dataclasses.replace(shape, width=5)
+    with pytest.raises(ValueError, match="width = .*, over its static shape's 5"):
+        make_batch(parts, CPU, too_small)
+
+
+def test_a_compiled_training_run_equals_the_eager_one(tmp_path):
+    """`compile: true` (torch.compile, batches padded to one static shape; on CUDA also CUDA graphs) trains
+    the same model as the eager batched layout, up to float rounding."""
+    from gpo_bench.methods.gpo import GPO
+
+    histories = []
+    for compiled in (False, True):
+        method = GPO(dict(TINY, max_steps=20, compile=compiled), synthetic_setup(tmp_path / str(compiled), 0))
+        method.model.batched = True
+        histories.append(method.fit()["history"])
+    for (step, loss, score), (compiled_step, compiled_loss, compiled_score) in zip(*histories, strict=True):
+        assert compiled_step == step
+        assert compiled_loss == pytest.approx(loss, rel=1e-5) and compiled_score == pytest.approx(score, abs=1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_training_step_never_waits_for_the_device(tmp_path):

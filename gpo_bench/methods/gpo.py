@@ -21,7 +21,9 @@ Speed without changing the function:
   there (`benchmarks/gpo_gpu.py --attention`); both paths are tested equal;
 - a step's batch (sampling, layout, distinct feature rows, target counts) is built on the host and copied
   to the device once, through pinned memory: a CUDA step never waits for the device (a GPU test runs
-  steps under torch's sync debug mode).
+  steps under torch's sync debug mode);
+- `compile: true` pads every training batch to one static shape (`StaticShape`, bounded from the data)
+  and compiles the model (CUDA: CUDA graphs), so that one graph serves every step.
 
 Deviations from the authors' code, each a fix: validation groups (not the test groups) pick the
 checkpoint; the loss is the mean over real target points (theirs counts padding in the mean);
@@ -288,6 +290,7 @@ class Batch:
     target_flat: torch.Tensor  # [ΣT] flat index (member * T + j) of every real target, member by member
     target_member: torch.Tensor  # [ΣT]
     target_counts: torch.Tensor  # [S] real target points per member
+    target_weight: torch.Tensor  # [ΣT] 1 for a real target point, 0 for padding (static shapes)
     tgt_y: torch.Tensor  # [ΣT]
     tgt_segment: torch.Tensor  # [ΣT] item segment of each target point, unique across the batch
     n_segments: int
@@ -297,15 +300,38 @@ class Batch:
     key_mask: torch.Tensor  # [B, C'] which keys a row attends to
 
 
-def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
-    """Per member, per group Parts (on the host) → one padded batch for `GPOEnsemble.forward` on `device`. The
-    batch is built on the host and copied over once, so that a CUDA step never waits for the host and the
-    host never waits for the device (no sizes or values read back inside a step)."""
+@dataclass(frozen=True)
+class StaticShape:
+    """Sizes every training batch of a run is padded to (`GPO.static_shape`: bounds from the data and the
+    sampling settings), so that a compiled step sees one shape: the padding tokens are never keys, never
+    targets, and their target points weigh 0 in the loss."""
+
+    length: int  # tokens per member
+    width: int  # context tokens per member
+    n_targets: int  # target tokens per member
+    n_keys: int  # context tokens of the largest group
+    every_rows: int  # tokens of the largest group
+    target_rows: int  # target tokens of the largest group
+    n_flat: int  # target points of all members
+    n_distinct: int  # distinct feature rows
+    n_segments: int  # target items of all members, plus one for the padding
+
+
+def make_batch(members: list[list[Part]], device: torch.device, shape: StaticShape | None = None) -> Batch:
+    """Per member, per group Parts (on the host) → one padded batch for `GPOEnsemble.forward` on `device`
+    (with `shape`: padded to it). The batch is built on the host and copied over once, so that a CUDA step
+    never waits for the host and the host never waits for the device (nothing read back inside a step)."""
     n_ctx = [[len(p.ctx_rows) for p in parts] for parts in members]
     n_tgt = [[len(p.tgt_rows) for p in parts] for parts in members]
     length = max(1, max(sum(c) + sum(t) for c, t in zip(n_ctx, n_tgt, strict=True)))
     width = max(1, max(sum(c) for c in n_ctx))
     n_targets = max(1, max(sum(t) for t in n_tgt))
+    if shape is not None:
+        length, width, n_targets = (
+            fits(shape, "length", length),
+            fits(shape, "width", width),
+            fits(shape, "n_targets", n_targets),
+        )
     rows = torch.zeros(len(members), length, dtype=torch.long)
     y = torch.zeros(len(members), length)
     context = np.zeros((len(members), width), dtype=np.int64)
@@ -330,6 +356,8 @@ def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
             position, ctx_seen, tgt_seen = position + c + t, ctx_seen + c, tgt_seen + t
             segment_offset += part.n_items
     n_keys = max(1, max(c for *_, c in every_token))
+    if shape is not None:
+        n_keys = fits(shape, "n_keys", n_keys)
     key_index = np.full((len(every_token), n_keys), len(members) * width)
     key_mask = np.zeros((len(every_token), n_keys), dtype=bool)
     for b, (s, _, _, ctx_start, c) in enumerate(every_token):
@@ -337,25 +365,48 @@ def make_batch(members: list[list[Part]], device: torch.device) -> Batch:
         key_mask[b, : max(c, 1)] = True  # no context: the zero key at the pad index, which gives zero
     distinct, position = torch.unique(rows, return_inverse=True)
     as_index = lambda a: torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a)  # noqa: E731
-    target_member = as_index(target_member)
+    target_flat, target_member, tgt_y, tgt_segment = map(as_index, (target_flat, target_member, tgt_y, segments))
+    counts = torch.bincount(target_member, minlength=len(members))
+    target_weight = torch.ones(len(target_flat))
+    n_segments, every_rows, target_rows = segment_offset, None, None
+    if shape is not None:  # padding: feature row 0; target points at position 0, in a segment of their own
+        n_points = fits(shape, "n_flat", len(target_flat))
+        n_segments = fits(shape, "n_segments", segment_offset + 1)
+        distinct = pad(distinct, fits(shape, "n_distinct", len(distinct)), 0)
+        target_flat, target_member = pad(target_flat, n_points, 0), pad(target_member, n_points, 0)
+        tgt_y, target_weight = pad(tgt_y, n_points, 0), pad(target_weight, n_points, 0)
+        tgt_segment = pad(tgt_segment, n_points, n_segments - 1)
+        every_rows, target_rows = shape.every_rows, shape.target_rows
     host = Batch(
         distinct=distinct,
         position=position,
         y=y,
         context=as_index(context),
         target_tokens=as_index(target_tokens),
-        target_flat=as_index(target_flat),
+        target_flat=target_flat,
         target_member=target_member,
-        target_counts=torch.bincount(target_member, minlength=len(members)),
-        tgt_y=torch.cat(tgt_y),
-        tgt_segment=torch.cat(segments),
-        n_segments=segment_offset,
-        every_token=query_layout(every_token, len(members), length),
-        targets=query_layout(targets, len(members), n_targets),
+        target_counts=counts,
+        target_weight=target_weight,
+        tgt_y=tgt_y,
+        tgt_segment=tgt_segment,
+        n_segments=n_segments,
+        every_token=query_layout(every_token, len(members), length, every_rows),
+        targets=query_layout(targets, len(members), n_targets, target_rows),
         key_index=as_index(key_index),
         key_mask=as_index(key_mask),
     )
     return to_device(host, device)
+
+
+def fits(shape: StaticShape, name: str, size: int) -> int:
+    """The static size `name`, after checking that `size` fits in it."""
+    if size > getattr(shape, name):
+        raise ValueError(f"gpo: a batch needs {name} = {size}, over its static shape's {getattr(shape, name)}")
+    return getattr(shape, name)
+
+
+def pad(values: torch.Tensor, size: int, fill) -> torch.Tensor:
+    return torch.cat([values, values.new_full((size - len(values),), fill)])
 
 
 def to_device(value, device: torch.device):
@@ -368,11 +419,16 @@ def to_device(value, device: torch.device):
     return value
 
 
-def query_layout(groups: list[tuple[int, int, int, int, int]], n_members: int, length: int) -> Queries:
+def query_layout(
+    groups: list[tuple[int, int, int, int, int]], n_members: int, length: int, n_rows: int | None = None
+) -> Queries:
     """Queries for (member, queries start, count, context start, count) per group, each member's queries
-    padded to `length`."""
+    padded to `length`, each group's row of the packed layout to `n_rows` (default: the largest group)."""
     spans: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_members)]
-    n_rows = max(1, max(n for _, _, n, _, _ in groups))
+    largest = max(1, max(n for _, _, n, _, _ in groups))
+    if n_rows is not None and largest > n_rows:
+        raise ValueError(f"gpo: a batch has a group of {largest} queries, over its static shape's {n_rows}")
+    n_rows = n_rows or largest
     index = np.full((len(groups), n_rows), n_members * length)
     scatter_back = np.full(n_members * length, len(groups) * n_rows)
     for b, (s, start, n, ctx_start, c) in enumerate(groups):
@@ -459,6 +515,46 @@ class GPO(Method):
             ctx, tgt = point_role == 1, point_role == 2
             parts.append(Part(group.rows[ctx], group.y[ctx], group.rows[tgt], group.y[tgt], group.item_of[tgt], n))
         return parts
+
+    def static_shape(self, n_members: int) -> StaticShape:
+        """Bounds on every batch `sample_parts` can draw for `n_members` members (as it draws them: whole
+        items, the largest-option items first as the worst case), for a compiled step's static shape."""
+        (ctx_lo, ctx_hi), (tgt_lo, tgt_hi) = self.settings["context_items"], self.settings["target_items"]
+        bounds = []  # per group: context tokens, target tokens, all tokens, items (its segment ids)
+        for name in self.setup.split.train:
+            group = self.points[name]
+            n = len(group.items)
+            options = np.sort(np.bincount(group.item_of.numpy(), minlength=n))[::-1]
+            hi = max(1, min(ctx_hi, n - min(tgt_lo, n // 2)))
+            targets = {
+                n_ctx: min(n - n_ctx, max(1, min(tgt_hi, n - n_ctx))) for n_ctx in range(min(ctx_lo, hi), hi + 1)
+            }
+            most = max(targets.values())
+            bounds.append(
+                (
+                    options[:hi].sum(),
+                    options[:most].sum(),
+                    max(options[: c + t].sum() for c, t in targets.items()),
+                    n,
+                )
+            )
+        per_step = self.settings.get("groups_per_step") or len(bounds)
+        total = lambda k: int(sum(sorted((b[k] for b in bounds), reverse=True)[:per_step]))  # noqa: E731
+        largest = lambda k: int(max(max(b[k] for b in bounds), 1))  # noqa: E731
+        answered = set()
+        for name in self.setup.split.train:
+            answered.update(self.points[name].rows.tolist())
+        return StaticShape(
+            length=max(total(2), 1),
+            width=max(total(0), 1),
+            n_targets=max(total(1), 1),
+            n_keys=largest(0),
+            every_rows=largest(2),
+            target_rows=largest(1),
+            n_flat=n_members * max(total(1), 1),
+            n_distinct=len(answered | {0}),
+            n_segments=n_members * total(3) + 1,
+        )
 
     def fit(self) -> dict:
         return train([self])[0]
@@ -569,6 +665,11 @@ def train(members: list[GPO], progress=None) -> list[dict]:
         step, states, done = saved["step"], saved["states"], saved["done"]
         log.info("gpo: resumed from %s at step %d", path, step)
     timing = {"step_s": 0.0, "validate_s": 0.0}
+    shape, runner, graphs = None, model, False
+    if s.get("compile"):  # static shapes and the batched layout, so that one graph serves every step
+        shape, model.batched = lead.static_shape(len(members)), True
+        graphs = lead.device.type == "cuda"
+        runner = torch.compile(model, mode="reduce-overhead" if graphs else None, dynamic=False)
     label = f"gpo seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
     if progress is None:
         progress = tqdm(total=s["max_steps"], initial=step, desc=label, unit="step")
@@ -576,7 +677,9 @@ def train(members: list[GPO], progress=None) -> list[dict]:
         progress.update(step)
     while step < s["max_steps"] and not all(done):
         tick = time.perf_counter()
-        losses = train_step(members, model, generators, optimizer, scheduler)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        losses = train_step(members, runner, generators, optimizer, scheduler, shape)
         timing["step_s"] += time.perf_counter() - tick
         step += 1
         progress.update()
@@ -684,13 +787,17 @@ def train_in_processes(settings: dict, setups: list[Setup], threads: int) -> lis
     return results
 
 
-def train_step(members: list[GPO], model: GPOEnsemble, generators, optimizer, scheduler) -> torch.Tensor:
+def train_step(
+    members: list[GPO], model, generators, optimizer, scheduler, shape: StaticShape | None = None
+) -> torch.Tensor:
     """One meta-training step of every member: each samples its batch from its own generator; the loss
-    is the sum over members of each member's mean NLL over its target points. → per-member losses."""
+    is the sum over members of each member's mean NLL over its target points. `model`: the ensemble, or
+    its compiled form with the batch padded to `shape`. → per-member losses."""
     model.train()
-    batch = make_batch([m.sample_parts(g) for m, g in zip(members, generators, strict=True)], members[0].device)
+    parts = [m.sample_parts(g) for m, g in zip(members, generators, strict=True)]
+    batch = make_batch(parts, members[0].device, shape)
     p, log_std = members[0].run_model(model, batch)
-    nll = gaussian_nll(p, log_std, batch.tgt_y)
+    nll = gaussian_nll(p, log_std, batch.tgt_y) * batch.target_weight
     losses = torch.zeros(len(members), device=nll.device).index_add(0, batch.target_member, nll) / batch.target_counts
     optimizer.zero_grad(set_to_none=True)
     losses.sum().backward()
