@@ -314,7 +314,7 @@ class StaticShape:
     target_rows: int  # target tokens of the largest group
     n_flat: int  # target points of all members
     n_distinct: int  # distinct feature rows
-    n_segments: int  # target items of all members, plus one for the padding
+    n_segments: int  # item segments of all members (every item of every group), plus one for the padding
 
 
 def make_batch(members: list[list[Part]], device: torch.device, shape: StaticShape | None = None) -> Batch:
