@@ -21,7 +21,7 @@ from gpo_train import opinionqa_shaped
 
 from gpo_bench.cards import load_method_card
 from gpo_bench.methods.base import Setup
-from gpo_bench.methods.gpo import GPO, GPOEnsemble, gaussian_nll, make_batch, train_step
+from gpo_bench.methods.gpo import GPO, GPOEnsemble, gaussian_nll, make_batch, step_function
 from gpo_bench.protocol import split_groups
 
 PAPER_STEPS = 200_000
@@ -53,26 +53,17 @@ def steps_per_second(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=PAPER_STEPS)
     generators = [torch.Generator().manual_seed(seed) for seed in range(n_seeds)]
     target = members[0].device
-    shape, runner, graphs = None, model, False
-    if settings["compile"]:
-        shape, graphs, model.batched = members[0].static_shape(n_seeds), target.type == "cuda", True
-        runner = torch.compile(model, mode="reduce-overhead" if graphs else None, dynamic=False)
-
-    def step() -> None:
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        train_step(members, runner, generators, optimizer, scheduler, shape)
-
+    step = step_function(members, model, optimizer, scheduler)  # as `train` runs it (compiled with --compile)
     tick = time.perf_counter()
     for _ in range(3):  # warm-up
-        step()
+        step(generators)
     synchronize(target)
     warm_up = time.perf_counter() - tick
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tick = time.perf_counter()
     for _ in range(steps):
-        step()
+        step(generators)
     synchronize(target)
     rate = steps / (time.perf_counter() - tick)
     memory = torch.cuda.max_memory_allocated() / 2**20 if target.type == "cuda" else float("nan")

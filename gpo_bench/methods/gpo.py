@@ -39,6 +39,7 @@ import logging
 import math
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from queue import Empty
@@ -360,8 +361,14 @@ def make_batch(members: list[list[Part]], device: torch.device, shape: StaticSha
             position, ctx_seen, tgt_seen = position + c + t, ctx_seen + c, tgt_seen + t
             segment_offset += part.n_items
     n_keys = max(1, max(c for *_, c in every_token))
+    every_rows = max(1, max(n for _, _, n, _, _ in every_token))
+    target_rows = max(1, max(n for _, _, n, _, _ in targets))
     if shape is not None:
-        n_keys = fits(shape, "n_keys", n_keys)
+        n_keys, every_rows, target_rows = (
+            fits(shape, "n_keys", n_keys),
+            fits(shape, "every_rows", every_rows),
+            fits(shape, "target_rows", target_rows),
+        )
     key_index = np.full((len(every_token), n_keys), len(members) * width)
     key_mask = np.zeros((len(every_token), n_keys), dtype=bool)
     for b, (s, _, _, ctx_start, c) in enumerate(every_token):
@@ -372,7 +379,7 @@ def make_batch(members: list[list[Part]], device: torch.device, shape: StaticSha
     target_flat, target_member, tgt_y, tgt_segment = map(as_index, (target_flat, target_member, tgt_y, segments))
     counts = torch.bincount(target_member, minlength=len(members))
     target_weight = torch.ones(len(target_flat))
-    n_segments, every_rows, target_rows = segment_offset, None, None
+    n_segments = segment_offset
     if shape is not None:  # padding: feature row 0; target points at position 0, in a segment of their own
         n_points = fits(shape, "n_flat", len(target_flat))
         n_segments = fits(shape, "n_segments", segment_offset + 1)
@@ -380,7 +387,6 @@ def make_batch(members: list[list[Part]], device: torch.device, shape: StaticSha
         target_flat, target_member = pad(target_flat, n_points, 0), pad(target_member, n_points, 0)
         tgt_y, target_weight = pad(tgt_y, n_points, 0), pad(target_weight, n_points, 0)
         tgt_segment = pad(tgt_segment, n_points, n_segments - 1)
-        every_rows, target_rows = shape.every_rows, shape.target_rows
     host = Batch(
         distinct=distinct,
         position=position,
@@ -423,16 +429,10 @@ def to_device(value, device: torch.device):
     return value
 
 
-def query_layout(
-    groups: list[tuple[int, int, int, int, int]], n_members: int, length: int, n_rows: int | None = None
-) -> Queries:
+def query_layout(groups: list[tuple[int, int, int, int, int]], n_members: int, length: int, n_rows: int) -> Queries:
     """Queries for (member, queries start, count, context start, count) per group, each member's queries
-    padded to `length`, each group's row of the packed layout to `n_rows` (default: the largest group)."""
+    padded to `length`, each group's row of the packed layout to `n_rows` (at least the largest group)."""
     spans: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_members)]
-    largest = max(1, max(n for _, _, n, _, _ in groups))
-    if n_rows is not None and largest > n_rows:
-        raise ValueError(f"gpo: a batch has a group of {largest} queries, over its static shape's {n_rows}")
-    n_rows = n_rows or largest
     index = np.full((len(groups), n_rows), n_members * length)
     scatter_back = np.full(n_members * length, len(groups) * n_rows)
     for b, (s, start, n, ctx_start, c) in enumerate(groups):
@@ -525,8 +525,10 @@ class GPO(Method):
         items, the largest-option items first as the worst case), for a compiled step's static shape."""
         (ctx_lo, ctx_hi), (tgt_lo, tgt_hi) = self.settings["context_items"], self.settings["target_items"]
         bounds = []  # per group: context tokens, target tokens, all tokens, items (its segment ids)
+        answered = {0}  # feature rows the groups' points use, and row 0 for padding
         for name in self.setup.split.train:
             group = self.points[name]
+            answered.update(group.rows.tolist())
             n = len(group.items)
             options = np.sort(np.bincount(group.item_of.numpy(), minlength=n))[::-1]
             hi = max(1, min(ctx_hi, n - min(tgt_lo, n // 2)))
@@ -545,9 +547,6 @@ class GPO(Method):
         per_step = self.settings.get("groups_per_step") or len(bounds)
         total = lambda k: int(sum(sorted((b[k] for b in bounds), reverse=True)[:per_step]))  # noqa: E731
         largest = lambda k: int(max(max(b[k] for b in bounds), 1))  # noqa: E731
-        answered = set()
-        for name in self.setup.split.train:
-            answered.update(self.points[name].rows.tolist())
         return StaticShape(
             length=max(total(2), 1),
             width=max(total(0), 1),
@@ -556,7 +555,7 @@ class GPO(Method):
             every_rows=largest(2),
             target_rows=largest(1),
             n_flat=n_members * max(total(1), 1),
-            n_distinct=len(answered | {0}),
+            n_distinct=len(answered),
             n_segments=n_members * total(3) + 1,
         )
 
@@ -669,11 +668,7 @@ def train(members: list[GPO], progress=None) -> list[dict]:
         step, states, done = saved["step"], saved["states"], saved["done"]
         log.info("gpo: resumed from %s at step %d", path, step)
     timing = {"step_s": 0.0, "validate_s": 0.0}
-    shape, runner, graphs = None, model, False
-    if s.get("compile"):  # static shapes and the batched layout, so that one graph serves every step
-        shape, model.batched = lead.static_shape(len(members)), True
-        graphs = lead.device.type == "cuda"
-        runner = torch.compile(model, mode="reduce-overhead" if graphs else None, dynamic=False)
+    step_once = step_function(members, model, optimizer, scheduler)
     label = f"gpo seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
     if progress is None:
         progress = tqdm(total=s["max_steps"], initial=step, desc=label, unit="step")
@@ -681,9 +676,7 @@ def train(members: list[GPO], progress=None) -> list[dict]:
         progress.update(step)
     while step < s["max_steps"] and not all(done):
         tick = time.perf_counter()
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        losses = train_step(members, runner, generators, optimizer, scheduler, shape)
+        losses = step_once(generators)
         timing["step_s"] += time.perf_counter() - tick
         step += 1
         progress.update()
@@ -789,6 +782,24 @@ def train_in_processes(settings: dict, setups: list[Setup], threads: int) -> lis
     pool.shutdown()
     bar.close()
     return results
+
+
+def step_function(members: list[GPO], model: GPOEnsemble, optimizer, scheduler) -> Callable:
+    """The training step as `train` runs it: generators → per-member losses. Eager; or, with the card's
+    `compile`, the model compiled in the batched layout over batches padded to one static shape, so that one
+    graph serves every step (on CUDA in `reduce-overhead` mode: CUDA graphs)."""
+    if not members[0].settings.get("compile"):
+        return lambda generators: train_step(members, model, generators, optimizer, scheduler)
+    shape, model.batched = members[0].static_shape(len(members)), True
+    graphs = members[0].device.type == "cuda"
+    compiled = torch.compile(model, mode="reduce-overhead" if graphs else None, dynamic=False)
+
+    def step(generators: list[torch.Generator]) -> torch.Tensor:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return train_step(members, compiled, generators, optimizer, scheduler, shape)
+
+    return step
 
 
 def train_step(
