@@ -9,6 +9,7 @@ pooled mean's CI resamples items within each seed."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -129,6 +130,12 @@ CEILING_METHOD = (
     "under survey weights, rounded), RNG seeded from (group, item); a cell's ceiling is averaged like its score "
     "(items, then groups, then seeds)"
 )
+
+
+def ceiling_seed(group: str, item: str) -> int:
+    """The seed of one (group, item)'s sampling-ceiling bootstrap: from their names, so the same pair gets the same
+    estimate in every run, K and seed."""
+    return int.from_bytes(hashlib.sha256(f"{group}\0{item}".encode()).digest()[:8], "little")
 
 
 def sampling_ceiling(metric: str, target: np.ndarray, respondents: float, ordinal: tuple | None, seed: int) -> float:

@@ -34,7 +34,7 @@ from .features import build_features
 from .files import file_digest, folder_lock, remove_temp_files, write_atomic
 from .loaders import load_task
 from .methods.base import Setup
-from .metrics import CEILING_METHOD, group_table, item_score, sampling_ceiling, summarize
+from .metrics import CEILING_METHOD, ceiling_seed, group_table, item_score, sampling_ceiling, summarize
 from .protocol import Episode, derived_rng, draw_episode, make_split, visible_task
 from .registry import METHODS
 from .stats import CI_METHOD, grand_mean
@@ -168,8 +168,7 @@ def reference_block(task: TaskData, rows: list[dict], score: float, known_ceilin
             continue
         key = (row["group"], row["item"])
         if key not in known_ceilings:  # the same (group, item) recurs across K and seeds: estimate it once
-            seed = int.from_bytes(hashlib.sha256("\0".join(key).encode()).digest()[:8], "little")
-            known_ceilings[key] = sampling_ceiling(task.metric, target, n, item.ordinal, seed)
+            known_ceilings[key] = sampling_ceiling(task.metric, target, n, item.ordinal, ceiling_seed(*key))
         ceilings.append((row["seed"], row["group"], known_ceilings[key]))
     floor_table, _, groups = group_table(floors)
     block = {"uniform": grand_mean(floor_table), "uniform_per_group": per_group_means(floor_table, groups)}

@@ -2,6 +2,7 @@
 off item by item on sparse sources and count it, group-mix recovers a planted mixture, and on an accuracy task no
 method falls below chance because of tied predictions."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,18 @@ def test_no_method_falls_below_chance_on_an_accuracy_task_because_of_ties(sparse
         assert cell["reference"]["uniform"] == pytest.approx(chance)
     if method in ("uniform", "head"):
         assert result["metrics"]["0"]["fallbacks"]["ties_broken"] == result["metrics"]["0"]["fallbacks"]["predictions"]
+
+
+def test_the_mixture_bound_recovers_a_planted_mixture_and_has_no_ceiling_without_counts():
+    """benchmarks/mixture_bound.py: fitted on the other folds, both mixtures find 0.7 A + 0.3 B; population cannot."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from mixture_bound import fold_scores
+
+    rng = np.random.default_rng(5)
+    items = {f"q{i}": Item(f"q{i}", f"q{i}", tuple("abcd")) for i in range(60)}
+    seen = {f"s{g}": {i: rng.dirichlet(np.ones(4) * 0.5) for i in items} for g in range(5)}
+    mixed = {i: 0.7 * seen["s0"][i] + 0.3 * seen["s1"][i] for i in items}
+    task = TaskData("planted", "alignment", items, {g: Group(g, t) for g, t in {**seen, "test": mixed}.items()})
+    scores = fold_scores(task, "test", tuple(sorted(seen)), seed=0)
+    assert scores["convex (group-mix)"] > 0.99 and scores["signed (meta-mix)"] > 0.99, scores
+    assert scores["population"] < 0.95 and np.isnan(scores["sampling ceiling"]), scores

@@ -1,0 +1,111 @@
+"""How far can a mixture of the seen groups go? A diagnostic bound, not a method.
+
+For each test group of the harness's split, mixtures of the seen groups' answers are fitted on 4/5 of the items
+the group answered (hundreds of items, where a run gives a method K <= 50) and scored on the other 1/5, over 5
+folds: `population` (their mean), the convex mixture of `group-mix` (its fit, prior 0.001) and the signed ridge
+mixture of `meta-mix` (the seen groups' deviations from their mean, ridge 0.01), beside the group's sampling
+ceiling on the same items (as the leaderboard's; where the source counts respondents). What the best mixture
+scores is about the most a method built on the seen groups' answers can reach at any K; the rest of the way to
+the ceiling is not in those answers. It reads the test groups' answers, so nothing may be chosen with it.
+
+    python benchmarks/mixture_bound.py --task opinionqa --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from gpo_bench.cards import load_task_card
+from gpo_bench.data import TaskData
+from gpo_bench.loaders import load_task
+from gpo_bench.methods.baselines import GroupMix
+from gpo_bench.methods.meta_mix import Sources
+from gpo_bench.metrics import ceiling_seed, item_score, sampling_ceiling
+from gpo_bench.protocol import make_split
+
+FOLDS = 5
+RIDGE = 0.01
+PRIOR = 0.001
+
+
+def fold_scores(task: TaskData, group: str, seen: tuple[str, ...], seed: int) -> dict[str, float]:
+    """Mean score over the group's items that some seen group answered, each predicted from a fit on the other
+    folds: population, convex (group-mix) and signed (meta-mix) mixtures; and their sampling ceiling (NaN where
+    the source has no respondent counts)."""
+    sources = Sources(task, seen)
+    items = [i for i in sorted(task.groups[group].targets) if i in sources.population]
+    fold = np.random.default_rng(seed).permutation(len(items)) % FOLDS
+    answers = {i: task.groups[group].targets[i] for i in items}
+    width = max(len(task.items[i].candidates) for i in items)
+    stacked = np.zeros((len(items), len(seen), width))
+    answered = np.zeros((len(items), len(seen)))
+    wanted = np.zeros((len(items), width))
+    for n, item in enumerate(items):
+        wanted[n, : len(answers[item])] = answers[item]
+        for j, source in enumerate(seen):
+            if item in task.groups[source].targets:
+                stacked[n, j, : len(answers[item])] = task.groups[source].targets[item]
+                answered[n, j] = 1.0
+    scores: dict[str, list[float]] = {"population": [], "convex (group-mix)": [], "signed (meta-mix)": []}
+    for f in range(FOLDS):
+        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        weights = GroupMix.fit_weights(stacked[train], answered[train], wanted[train], PRIOR)
+        deviation = np.concatenate([sources.deviation[items[n]] for n in train])
+        gap = np.concatenate([answers[items[n]] - sources.population[items[n]] for n in train])
+        signed = np.linalg.solve(deviation.T @ deviation + RIDGE * np.eye(len(seen)), deviation.T @ gap)
+        convex = GroupMix.mix(weights, stacked[test], answered[test])
+        for row, n in enumerate(test):
+            item = task.items[items[n]]
+            mixed = np.maximum(sources.population[items[n]] + sources.deviation[items[n]] @ signed, 1e-4)
+            predictions = {
+                "population": sources.population[items[n]],
+                "convex (group-mix)": convex[row, : len(item.candidates)],
+                "signed (meta-mix)": mixed / mixed.sum(),
+            }
+            for name, pred in predictions.items():
+                scores[name].append(item_score(task.metric, pred, answers[items[n]], item.ordinal))
+    respondents = task.groups[group].respondents
+    scores["sampling ceiling"] = [
+        sampling_ceiling(task.metric, answers[i], respondents[i], task.items[i].ordinal, ceiling_seed(group, i))
+        if i in respondents
+        else np.nan
+        for i in items
+    ]
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def shown(value: float) -> str:
+    return f"{value:.4f}" if np.isfinite(value) else "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="opinionqa", help="a survey task with groups (default: opinionqa)")
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="where the task's data lies")
+    parser.add_argument("--train-fracs", default="0.4,0.6,0.8", help="meta-train fractions (default: 0.4,0.6,0.8)")
+    parser.add_argument("--split-seed", type=int, default=0, help="the split's seed, as `gpo-bench run` (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the item folds (default: 0)")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # the loader's notes on dropped rows
+    card = load_task_card(args.task)
+    task = load_task(card, args.data_dir)
+    for train_frac in [float(f) for f in args.train_fracs.split(",")]:
+        split = make_split(task, card.protocol, card.protocol_settings, train_frac, 0.2, args.split_seed)
+        table = {group: fold_scores(task, group, tuple(split.seen), args.seed) for group in split.test}
+        names = list(next(iter(table.values())))
+        print(f"\n{args.task}, train {train_frac:.0%}: {len(split.seen)} seen, {FOLDS} folds of each group's items")
+        print("| test group | " + " | ".join(names) + " |")
+        print("| --- |" + " --- |" * len(names))
+        for group, row in table.items():
+            print(f"| {group} | " + " | ".join(shown(row[n]) for n in names) + " |")
+        print(
+            "| **mean** | " + " | ".join(f"**{shown(np.mean([r[n] for r in table.values()]))}**" for n in names) + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
