@@ -193,8 +193,18 @@ def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         if bias is None:
             return torch.bmm(x, weight.transpose(1, 2))
         return torch.baddbmm(bias[:, None], x, weight.transpose(1, 2))
-    biases = [None] * len(weight) if bias is None else bias.unbind()
-    return torch.stack([F.linear(*args) for args in zip(x.unbind(), weight.unbind(), biases, strict=True)])
+    biases = [None] * len(weight) if bias is None else split_members(bias)
+    return join_members([F.linear(*args) for args in zip(split_members(x), split_members(weight), biases, strict=True)])
+
+
+def split_members(t: torch.Tensor) -> list[torch.Tensor]:
+    """t[s] for each member s: for one member a view, where `unbind`'s backward stacks (copies) the gradients."""
+    return [t.squeeze(0)] if len(t) == 1 else list(t.unbind())
+
+
+def join_members(parts: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack(parts)`; for one member a view rather than a copy."""
+    return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
 
 
 def key(name: str) -> str:
@@ -214,7 +224,7 @@ def looped_attention(q, k, v, batch: Batch, layout: Queries, heads: int) -> torc
     every group."""
     scale = (q.shape[-1] // heads) ** -0.5
     members = []
-    for spans, q_m, k_m, v_m in zip(layout.spans, q.unbind(), k.unbind(), v.unbind(), strict=True):
+    for spans, q_m, k_m, v_m in zip(layout.spans, *map(split_members, (q, k, v)), strict=True):
         sizes = [end - start for start, end, _, _ in spans]
         ctx_sizes = [ctx_end - ctx_start for _, _, ctx_start, ctx_end in spans]
         ctx_sizes.append(len(k_m) - sum(ctx_sizes))  # and the padding, as for the queries
@@ -230,7 +240,7 @@ def looped_attention(q, k, v, batch: Batch, layout: Queries, heads: int) -> torc
             outputs.append(attended.transpose(0, 1).flatten(1))
         outputs.append(queries[-1].new_zeros(queries[-1].shape))  # padding
         members.append(torch.cat(outputs))
-    return torch.stack(members)
+    return join_members(members)
 
 
 def packed_attention(q, k, v, batch: Batch, layout: Queries, heads: int) -> torch.Tensor:
