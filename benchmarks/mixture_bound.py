@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from gpo_bench.cards import load_task_card
-from gpo_bench.data import TaskData
+from gpo_bench.data import DataError, TaskData
 from gpo_bench.loaders import load_task
 from gpo_bench.methods.baselines import GroupMix
 from gpo_bench.methods.meta_mix import Sources
 from gpo_bench.metrics import ceiling_seed, item_score, sampling_ceiling
 from gpo_bench.protocol import make_split
+from gpo_bench.registry import UnknownNameError
 
 FOLDS = 5
 RIDGE = 0.01
@@ -91,8 +92,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the item folds (default: 0)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the loader's notes on dropped rows
-    card = load_task_card(args.task)
-    task = load_task(card, args.data_dir)
+    try:
+        card = load_task_card(args.task)
+        task = load_task(card, args.data_dir)
+    except (DataError, UnknownNameError) as error:
+        parser.error(str(error))
     for train_frac in [float(f) for f in args.train_fracs.split(",")]:
         split = make_split(task, card.protocol, card.protocol_settings, train_frac, 0.2, args.split_seed)
         table = {group: fold_scores(task, group, tuple(split.seen), args.seed) for group in split.test}
