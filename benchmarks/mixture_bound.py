@@ -42,16 +42,9 @@ def fold_scores(task: TaskData, group: str, seen: tuple[str, ...], seed: int) ->
     items = [i for i in sorted(task.groups[group].targets) if i in sources.population]
     fold = np.random.default_rng(seed).permutation(len(items)) % FOLDS
     answers = {i: task.groups[group].targets[i] for i in items}
-    width = max(len(task.items[i].candidates) for i in items)
-    stacked = np.zeros((len(items), len(seen), width))
-    answered = np.zeros((len(items), len(seen)))
-    wanted = np.zeros((len(items), width))
-    for n, item in enumerate(items):
-        wanted[n, : len(answers[item])] = answers[item]
-        for j, source in enumerate(seen):
-            if item in task.groups[source].targets:
-                stacked[n, j, : len(answers[item])] = task.groups[source].targets[item]
-                answered[n, j] = 1.0
+    stacked, answered, wanted = GroupMix.stack_answers(
+        [(i, answers[i]) for i in items], [task.groups[source].targets for source in seen]
+    )
     scores: dict[str, list[float]] = {"population": [], "convex (group-mix)": [], "signed (meta-mix)": []}
     for f in range(FOLDS):
         train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)

@@ -2,7 +2,6 @@
 off item by item on sparse sources and count it, group-mix recovers a planted mixture, and on an accuracy task no
 method falls below chance because of tied predictions."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,9 +147,9 @@ def test_no_method_falls_below_chance_on_an_accuracy_task_because_of_ties(sparse
         assert result["metrics"]["0"]["fallbacks"]["ties_broken"] == result["metrics"]["0"]["fallbacks"]["predictions"]
 
 
-def test_the_mixture_bound_recovers_a_planted_mixture_and_has_no_ceiling_without_counts():
+def test_the_mixture_bound_recovers_a_planted_mixture_and_has_no_ceiling_without_counts(monkeypatch):
     """benchmarks/mixture_bound.py: fitted on the other folds, both mixtures find 0.7 A + 0.3 B; population cannot."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     from mixture_bound import fold_scores
 
     rng = np.random.default_rng(5)

@@ -90,14 +90,21 @@ class GroupMix(SeenGroupsMixture):
     the strongest prior), so the pull adapts to how much the K shots can tell."""
 
     def context_arrays(self, episode: Episode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """answers[item, group, candidate], answered[item, group] and wanted[item, candidate] over the context
-        items some seen group answered (candidates zero-padded to the widest item)."""
-        seen = self.setup.split.seen
+        """`stack_answers` over the context items some seen group answered."""
+        seen = [self.answers(g) for g in self.setup.split.seen]
         rows = [
             (item, known)
             for item, known in zip(episode.context, episode.context_targets, strict=True)
-            if any(item in self.answers(g) for g in seen)
+            if any(item in answers for answers in seen)
         ]
+        return self.stack_answers(rows, seen)
+
+    @staticmethod
+    def stack_answers(
+        rows: list[tuple[str, np.ndarray]], seen: list[dict[str, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For (item, the test group's answer) rows and the seen groups' answers: answers[item, group, candidate],
+        answered[item, group] and wanted[item, candidate] (candidates zero-padded to the widest item)."""
         width = max((len(known) for _, known in rows), default=0)
         answers = np.zeros((len(rows), len(seen), width))
         answered = np.zeros((len(rows), len(seen)))
@@ -105,8 +112,8 @@ class GroupMix(SeenGroupsMixture):
         for i, (item, known) in enumerate(rows):
             wanted[i, : len(known)] = known
             for j, group in enumerate(seen):
-                if item in self.answers(group):
-                    answers[i, j, : len(known)] = self.answers(group)[item]
+                if item in group:
+                    answers[i, j, : len(known)] = group[item]
                     answered[i, j] = 1.0
         return answers, answered, wanted
 
