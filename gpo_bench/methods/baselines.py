@@ -29,18 +29,17 @@ class SeenGroupsMixture(Method):
     def answers(self, group: str) -> dict[str, np.ndarray]:
         return self.setup.task.groups[group].targets
 
-    def mixture(self, item: str, weights: dict[str, float], episode: Episode | None = None) -> np.ndarray:
-        """The weighted mean over the weighted groups that answered `item`; `episode` given: back-offs are
-        counted against it (K = 0 predictions are population by definition, not a back-off)."""
+    def mixture(self, item: str, weights: dict[str, float], episode: Episode) -> np.ndarray:
+        """The weighted mean over the weighted groups that answered `item`; back-offs are counted against the
+        episode (with equal weights, as at K = 0, only the back-off to uniform can happen)."""
         for fallback, pool in ((None, weights), ("population", dict.fromkeys(self.setup.split.seen, 1.0))):
             answered = [(self.answers(g)[item], w) for g, w in pool.items() if w > 0 and item in self.answers(g)]
             if answered:
-                if fallback and episode is not None:
+                if fallback:
                     self.count_fallback(episode, fallback)
                 mass = sum(w for _, w in answered)
                 return sum(w * target for target, w in answered) / mass
-        if episode is not None:
-            self.count_fallback(episode, "uniform")
+        self.count_fallback(episode, "uniform")
         return np.full(self.n_candidates(item), 1.0 / self.n_candidates(item))
 
 
@@ -69,7 +68,7 @@ class GroupKnn(SeenGroupsMixture):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         seen = self.setup.split.seen
         if not episode.context:  # K = 0: population
-            return [self.mixture(item, dict.fromkeys(seen, 1.0)) for item in episode.targets]
+            return [self.mixture(item, dict.fromkeys(seen, 1.0), episode) for item in episode.targets]
         agreements = {g: a for g in seen if (a := self.agreement(g, episode)) is not None}
         ranked = sorted(agreements, key=lambda g: (-agreements[g], g))
         out = []
@@ -182,7 +181,7 @@ class GroupMix(SeenGroupsMixture):
         arrays = self.context_arrays(episode)
         w = self.fit_weights(*arrays, self.choose_prior(*arrays))
         weights = dict(zip(self.setup.split.seen, w, strict=True))
-        return [self.mixture(item, weights, episode if episode.context else None) for item in episode.targets]
+        return [self.mixture(item, weights, episode) for item in episode.targets]
 
 
 def fit_softmax_head(
