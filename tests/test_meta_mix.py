@@ -139,3 +139,19 @@ def test_the_training_metric_equals_the_harness_metric(data_dir):
         n = len(task.items[item].candidates)
         expected = item_score(task.metric, pred[row, :n], task.groups[group].targets[item], task.items[item].ordinal)
         assert ours[row] == pytest.approx(expected, abs=1e-9)
+
+
+def test_meta_mix_on_users_with_items_of_their_own_reads_every_target_from_the_text(tmp_path):
+    """On a pairwise task no two users share a comparison: there is no mixture to fit and nothing to validate on,
+    so the card's initial values stay, the validation record is empty rather than NaN, and every target comes from
+    the text head (counted), which reads the user's K answers."""
+    spec = RunSpec("synthetic_pairwise", "meta-mix", encoder="bow", shots=(0, 20), seeds=(0,))
+    result = execute(spec, None, tmp_path, device="cpu")
+    fit = result["fit"]["0"]
+    assert fit["best_validation"] is None and all(score is None for _, score in fit["validation"])
+    settings = load_method_card("meta-mix").settings
+    assert fit["parameters"]["log_ridge"] == pytest.approx(np.log(settings["ridge"]), abs=1e-6)
+    for shots in ("0", "20"):
+        fallbacks = result["metrics"][shots]["fallbacks"]
+        assert fallbacks["text-head"] == fallbacks["predictions"] > 0
+    assert result["metrics"]["20"]["user_accuracy"]["mean"] > result["metrics"]["0"]["user_accuracy"]["mean"]

@@ -133,7 +133,7 @@ class MetaMix(Method):
         params = {k: torch.tensor(float(v), dtype=torch.float64, requires_grad=True) for k, v in self.params.items()}
         optimizer = torch.optim.Adam(params.values(), lr=self.settings["lr"])
         best = (self.validate(validation_sources, scorer), 0, dict(self.params))
-        history = [(0, round(best[0], 6))]
+        history = [(0, rounded(best[0]))]
         for step in range(1, self.settings["steps"] + 1):
             optimizer.zero_grad()
             losses = []
@@ -150,8 +150,9 @@ class MetaMix(Method):
             if step % self.settings["eval_every"] == 0 or step == self.settings["steps"]:
                 current = {k: float(v.detach()) for k, v in params.items()}
                 score = self.validate(validation_sources, scorer, current)
-                history.append((step, round(score, 6)))
-                if score > best[0] or not split.validation:  # no validation groups: the last step
+                history.append((step, rounded(score)))
+                # nothing to validate on (no validation groups, or none shares an item with the sources): the last step
+                if score is None or best[0] is None or score > best[0]:
                     best = (score, step, current)
         self.params = best[2]
         return {
@@ -182,9 +183,10 @@ class MetaMix(Method):
         episode = Episode(group, shots, self.setup.seed, context, targets, tuple(answers[i] for i in context))
         return self.tensors(sources, episode, targets), targets
 
-    def validate(self, sources: Sources, scorer: Scorer, params: dict | None = None) -> float:
+    def validate(self, sources: Sources, scorer: Scorer, params: dict | None = None) -> float | None:
         """Mean score of the validation groups (the meta-train groups their only sources) over the card's
-        validation shots, on episodes fixed by the seed."""
+        validation shots, on episodes fixed by the seed; None where no validation group
+        has a target item the sources answered (none at all, or users with items of their own)."""
         split = self.setup.split
         as_test = type(split)(train=split.train, validation=(), test=split.validation)
         values = to_tensors(params or self.params)
@@ -197,7 +199,7 @@ class MetaMix(Method):
                     if targets:
                         pred = self.forward(self.tensors(sources, episode, targets), values)
                         scores.append(scorer.mean_score(pred, group, targets))
-        return float(np.mean(scores)) if scores else float("nan")
+        return float(np.mean(scores)) if scores else None
 
     def learned(self) -> dict:
         return {"parameters": {k: round(v, 6) for k, v in self.params.items()}}
@@ -245,6 +247,10 @@ def initial_parameters(settings: dict) -> dict[str, float]:
         "log_temperature": float(np.log(settings["temperature"])),
         "residual_gain": 0.0,
     }
+
+
+def rounded(score: float | None) -> float | None:
+    return None if score is None else round(score, 6)
 
 
 def to_tensors(params: dict[str, float]) -> dict[str, torch.Tensor]:
