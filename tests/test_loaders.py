@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from gpo_bench.cards import load_task_card
 from gpo_bench.data import DataError
+from gpo_bench.loaders import load_task
 from gpo_bench.loaders.globalopinionqa import load_globalopinionqa, parse_selections
 from gpo_bench.loaders.opinionqa import load_opinionqa
 
@@ -138,3 +140,11 @@ def test_opinionqa_individual_respondents_fixture(tmp_path):
         "0.67",
     ]
     assert main(args) == 0
+
+
+def test_a_task_is_loaded_once_per_card_content_not_per_card_file():
+    card = load_task_card("synthetic_mixture")
+    first = load_task(card, None)
+    assert load_task(card, None) is first
+    smaller = load_task(replace(card, source={**card.source, "groups": 5}), None)
+    assert len(smaller.groups) == 5 and len(first.groups) == card.source["groups"] != 5

@@ -4,6 +4,8 @@ two documented formats. `load_task` loads a task once per process."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -27,8 +29,9 @@ _TASKS: dict[tuple[str, str], TaskData] = {}
 
 
 def load_task(card: TaskCard, data_dir: Path | None) -> TaskData:
-    """Load (once per process) and validate a task through its card's loader."""
-    key = (card.path, str(data_dir))
+    """Load (once per process per card and folder) and validate a task through its card's loader. The key is the
+    card's whole content, not its file: a card changed in code (another `source`, say) is loaded anew."""
+    key = (json.dumps(dataclasses.asdict(card), sort_keys=True, default=str), str(data_dir))
     if key not in _TASKS:
         _TASKS[key] = LOADERS.get(card.loader)(card, data_dir)
         task = _TASKS[key]
