@@ -24,7 +24,7 @@ from gpo_bench.cards import load_task_card
 from gpo_bench.data import DataError, TaskData
 from gpo_bench.loaders import load_task
 from gpo_bench.methods.baselines import GroupMix
-from gpo_bench.methods.meta_mix import Sources
+from gpo_bench.methods.meta_mix import AnswerTable, Sources
 from gpo_bench.metrics import ceiling_seed, item_score, sampling_ceiling
 from gpo_bench.protocol import make_split
 from gpo_bench.registry import UnknownNameError
@@ -38,7 +38,7 @@ def fold_scores(task: TaskData, group: str, seen: tuple[str, ...], seed: int) ->
     """Mean score over the group's items that some seen group answered, each predicted from a fit on the other
     folds: population, convex (group-mix) and signed (meta-mix) mixtures; and their sampling ceiling (NaN where
     the source has no respondent counts)."""
-    sources = Sources(task, seen)
+    sources = Sources(AnswerTable(task, seen), seen)
     items = [i for i in sorted(task.groups[group].targets) if i in sources.population]
     fold = np.random.default_rng(seed).permutation(len(items)) % FOLDS
     answers = {i: task.groups[group].targets[i] for i in items}

@@ -15,7 +15,7 @@ from gpo_bench.data import Group, TaskData
 from gpo_bench.encoders import Encoder, EncoderSpec
 from gpo_bench.features import build_features
 from gpo_bench.methods.base import Setup
-from gpo_bench.methods.meta_mix import MetaMix
+from gpo_bench.methods.meta_mix import AnswerTable, MetaMix, Sources, left_out, ridge_weights
 from gpo_bench.metrics import item_score
 from gpo_bench.protocol import draw_episode, make_split, visible_task
 from gpo_bench.registry import METHODS
@@ -71,19 +71,54 @@ def meta_mix(task: TaskData, split, features, **settings) -> MetaMix:
 
 def test_left_out_sources_never_hold_the_group_itself(mixture_setup):
     task, split, features = mixture_setup
-    method = meta_mix(task, split, features)
-    sources = method.left_out_sources()
-    assert sorted(sources) == sorted(split.train)
-    for group, table in sources.items():
-        assert group not in table.groups
+    view = meta_mix(task, split, features).setup.task
+    for group in split.train:
+        table = left_out(AnswerTable(view, split.train), group)
+        assert group not in table.groups and len(table.groups) == len(split.train) - 1
         # the group's own answers, replaced by anything else, leave its training features as they were
         rng = np.random.default_rng(0)
-        scrambled = {i: rng.dirichlet(np.ones(len(t))) for i, t in task.groups[group].targets.items()}
-        tampered = replace(task, groups={**task.groups, group: Group(group, scrambled)})
-        again = meta_mix(tampered, split, features).left_out_sources()[group]
+        scrambled = {i: rng.dirichlet(np.ones(len(t))) for i, t in view.groups[group].targets.items()}
+        tampered = replace(view, groups={**view.groups, group: Group(group, scrambled)})
+        again = left_out(AnswerTable(tampered, split.train), group)
+        assert table.population.keys() == again.population.keys()
         for item in table.population:
             assert np.array_equal(table.population[item], again.population[item])
             assert np.array_equal(table.deviation[item], again.deviation[item])
+
+
+def test_sources_read_from_the_table_are_the_sources_computed_directly(mixture_setup):
+    """Any subset of the table's groups, over any items: the population is the mean of the answers of those that
+    answered, each deviation the answer minus it, zero where a source did not answer (sparse sources built here)."""
+    task, split, _ = mixture_setup
+    rng = np.random.default_rng(1)
+    groups = {g: Group(g, {i: t for i, t in task.groups[g].targets.items() if rng.random() < 0.6}) for g in task.groups}
+    sparse = replace(task, groups=groups)
+    table = AnswerTable(sparse, tuple(sorted(groups)))
+    sources = tuple(rng.permutation(sorted(groups))[:7])
+    items = sorted(task.items)[:30]
+    read = Sources(table, sources, items)
+    for item in items:
+        answered = [(j, groups[g].targets[item]) for j, g in enumerate(sources) if item in groups[g].targets]
+        if not answered:
+            assert item not in read.population
+            continue
+        population = np.mean([t for _, t in answered], axis=0)
+        np.testing.assert_allclose(read.population[item], population, rtol=0, atol=1e-15)
+        for j, g in enumerate(sources):
+            expected = groups[g].targets[item] - population if item in groups[g].targets else 0.0
+            np.testing.assert_allclose(read.deviation[item][:, j], expected, rtol=0, atol=1e-15)
+
+
+def test_the_ridge_solved_over_rows_equals_the_ridge_solved_over_sources():
+    """With more sources than context candidates the ridge is solved in its dual form; both forms are one function."""
+    rng = np.random.default_rng(0)
+    for rows, sources in ((40, 6), (6, 40), (12, 12)):
+        deviation, gap = torch.tensor(rng.normal(size=(rows, sources))), torch.tensor(rng.normal(size=rows))
+        ridge = torch.tensor(0.3)
+        primal = torch.linalg.solve(
+            deviation.T @ deviation + ridge * torch.eye(sources, dtype=torch.float64), deviation.T @ gap
+        )
+        torch.testing.assert_close(ridge_weights(deviation, gap, ridge), primal, rtol=1e-10, atol=1e-12)
 
 
 def test_meta_mix_at_k0_is_the_population_and_reads_unanswered_items_from_the_text(mixture_setup):
@@ -155,3 +190,32 @@ def test_meta_mix_on_users_with_items_of_their_own_reads_every_target_from_the_t
         fallbacks = result["metrics"][shots]["fallbacks"]
         assert fallbacks["text-head"] == fallbacks["predictions"] > 0
     assert result["metrics"]["20"]["user_accuracy"]["mean"] > result["metrics"]["0"]["user_accuracy"]["mean"]
+
+
+def test_meta_mix_with_many_groups_trains_on_a_sample_of_them_each_step(tmp_path):
+    """One group per person makes hundreds of sources: each step draws `groups_per_step` meta-train groups, and the
+    fit still reads the mixture (far above the population on this task at K = 20)."""
+    card = load_task_card("synthetic_mixture")
+    card = replace(card, source={**card.source, "groups": 150})
+    task = load_task(card, None)
+    features = build_features(task, Encoder(EncoderSpec.parse("bow"), "cpu", tmp_path), card)
+    split = make_split(task, card.protocol, card.protocol_settings, card.train_frac, card.val_frac, 0)
+    method = meta_mix(task, split, features, groups_per_step=8, steps=50, eval_every=25)
+    drawn = method.step_groups(split.train, np.random.default_rng(0))
+    assert len(set(drawn)) == 8 and set(drawn) <= set(split.train)
+    fit = method.fit()
+    assert fit["best_validation"] is not None
+    population = METHODS.get("population")({}, method.setup)
+    gains = []
+    for group in split.test:
+        episode = draw_episode(task, group, 20, 0, split)
+        targets = task.groups[group].targets
+        for item, ours, pooled in zip(
+            episode.targets, method.predict_episode(episode), population.predict_episode(episode), strict=True
+        ):
+            ordinal = task.items[item].ordinal
+            gains.append(
+                item_score(task.metric, ours, targets[item], ordinal)
+                - item_score(task.metric, pooled, targets[item], ordinal)
+            )
+    assert np.mean(gains) > 0.1, np.mean(gains)

@@ -12,6 +12,7 @@ seen groups' answers to the items they did answer, then on the group's own K ans
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,20 +25,42 @@ from .base import Method
 from .baselines import fit_softmax_head, score_targets, stacked
 
 
-class Sources:
-    """The answers of one set of source groups, per item: the population (their mean over those that answered)
-    and each source's deviation from it (zero where a source did not answer). Built for a set that never holds
-    the group being predicted: in meta-training, the group is left out of its own sources."""
+class AnswerTable:
+    """The answers of a set of groups stacked once per item (which of them answered it, and what), so that the
+    sources of any subset of them, over any items, are read without touching every group's answers again."""
 
-    def __init__(self, task: TaskData, sources: tuple[str, ...]) -> None:
+    def __init__(self, task: TaskData, groups: tuple[str, ...]) -> None:
+        self.groups = groups
+        self.index = {g: j for j, g in enumerate(groups)}
+        rows: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for j, g in enumerate(groups):
+            for item, target in task.groups[g].targets.items():
+                rows.setdefault(item, []).append((j, target))
+        self.items = [i for i in task.items if i in rows]  # the task's order
+        self.answered = {i: np.array([j for j, _ in rows[i]]) for i in self.items}  # item → groups, ascending
+        self.answers = {i: np.stack([t for _, t in rows[i]]) for i in self.items}  # item → (groups, candidates)
+
+
+class Sources:
+    """The answers of one set of source groups (all in `table`), per item: the population (their mean over those
+    that answered) and each source's deviation from it (zero where a source did not answer); over every item
+    they answered, or over `items` only. Built for a set that never holds the group being predicted: in
+    meta-training, the group is left out of its own sources."""
+
+    def __init__(self, table: AnswerTable, sources: tuple[str, ...], items: Iterable[str] | None = None) -> None:
         self.groups = sources
+        column = np.full(len(table.groups), -1)
+        column[[table.index[g] for g in sources]] = np.arange(len(sources))
         self.population: dict[str, np.ndarray] = {}
         self.deviation: dict[str, np.ndarray] = {}  # item → (candidates, sources)
-        for item in task.items:
-            answered = [j for j, g in enumerate(sources) if item in task.groups[g].targets]
-            if not answered:
+        for item in table.items if items is None else items:
+            columns = column[table.answered[item]] if item in table.answered else column[:0]
+            keep = np.flatnonzero(columns >= 0)
+            if not len(keep):
                 continue
-            answers = np.stack([task.groups[sources[j]].targets[item] for j in answered])
+            # rows in the order of `sources`, so that the population's float sum does not depend on the table's
+            order = np.argsort(columns[keep], kind="stable")
+            answers, answered = table.answers[item][keep][order], columns[keep][order]
             self.population[item] = answers.mean(axis=0)
             deviation = np.zeros((answers.shape[1], len(sources)))
             deviation[:, answered] = (answers - self.population[item]).T
@@ -74,7 +97,7 @@ class MetaMix(Method):
         norms = np.maximum(np.linalg.norm(features.matrix, axis=1, keepdims=True), 1e-12)
         self.unit = torch.tensor(features.matrix / norms, dtype=torch.float64)
         self.params = initial_parameters(settings)
-        self.test_sources = Sources(setup.task, setup.split.seen)
+        self.test_sources = Sources(AnswerTable(setup.task, setup.split.seen), setup.split.seen)
 
     # -- the model -------------------------------------------------------------------------------------------------
 
@@ -108,8 +131,7 @@ class MetaMix(Method):
         mixed = t.target_population
         if len(t.gap):
             ridge = torch.exp(params["log_ridge"] + params["ridge_slope"] * np.log1p(t.shots))
-            gram = t.deviation.T @ t.deviation + ridge * torch.eye(t.deviation.shape[1], dtype=torch.float64)
-            weights = torch.linalg.solve(gram, t.deviation.T @ t.gap)
+            weights = ridge_weights(t.deviation, t.gap, ridge)
             mixed = mixed + t.target_deviation @ weights
             if self.settings["text_residual"]:
                 residual = t.gap - t.deviation @ weights
@@ -125,9 +147,8 @@ class MetaMix(Method):
         if not self.settings["meta_train"]:
             return {"steps": 0, **self.learned()}
         task, split = self.setup.task, self.setup.split
-        train = split.train
-        left_out = self.left_out_sources()
-        validation_sources = Sources(task, train)
+        table = AnswerTable(task, split.train)
+        validation_sources = Sources(table, split.train)
         scorer = Scorer(task)
         rng = np.random.default_rng(self.setup.seed)
         params = {k: torch.tensor(float(v), dtype=torch.float64, requires_grad=True) for k, v in self.params.items()}
@@ -137,8 +158,8 @@ class MetaMix(Method):
         for step in range(1, self.settings["steps"] + 1):
             optimizer.zero_grad()
             losses = []
-            for group in train:
-                episode = self.training_episode(group, left_out[group], rng)
+            for group in self.step_groups(split.train, rng):
+                episode = self.training_episode(group, table, rng)
                 if episode is None:
                     continue
                 t, targets = episode
@@ -163,17 +184,20 @@ class MetaMix(Method):
             **self.learned(),
         }
 
-    def left_out_sources(self) -> dict[str, Sources]:
-        """Per meta-train group, the other meta-train groups as its sources: training matches test, where a
-        group is never among the seen groups."""
-        train = self.setup.split.train
-        return {g: Sources(self.setup.task, tuple(s for s in train if s != g)) for g in train}
+    def step_groups(self, train: tuple[str, ...], rng: np.random.Generator) -> tuple[str, ...]:
+        """The meta-train groups of one step: all of them, or `groups_per_step` drawn at random where there are
+        more (many groups, such as one per person, would make a step of one episode each far too slow)."""
+        cap = self.settings["groups_per_step"]
+        if not cap or cap >= len(train):
+            return train
+        return tuple(train[j] for j in np.sort(rng.choice(len(train), cap, replace=False)))
 
-    def training_episode(self, group: str, sources: Sources, rng: np.random.Generator):
-        """A left-one-out episode of a meta-train group: K from the card's shot grid, context items drawn from
-        the items its sources answered, up to `episode_targets` of the rest as targets."""
+    def training_episode(self, group: str, table: AnswerTable, rng: np.random.Generator):
+        """A left-one-out episode of a meta-train group (`table`: the meta-train groups' answers): K from the
+        card's shot grid, context items drawn from the items another meta-train group answered, up to
+        `episode_targets` of the rest as targets; its sources are the other meta-train groups, on those items."""
         answers = self.setup.task.groups[group].targets
-        usable = [i for i in sorted(answers) if i in sources.deviation]
+        usable = [i for i in sorted(answers) if len(table.answered[i]) > 1]
         shots = int(rng.choice(self.settings["train_shots"]))
         if len(usable) <= shots:
             return None
@@ -181,7 +205,7 @@ class MetaMix(Method):
         context = tuple(usable[j] for j in order[:shots])
         targets = tuple(usable[j] for j in order[shots : shots + self.settings["episode_targets"]])
         episode = Episode(group, shots, self.setup.seed, context, targets, tuple(answers[i] for i in context))
-        return self.tensors(sources, episode, targets), targets
+        return self.tensors(left_out(table, group, context + targets), episode, targets), targets
 
     def validate(self, sources: Sources, scorer: Scorer, params: dict | None = None) -> float | None:
         """Mean score of the validation groups (the meta-train groups their only sources) over the card's
@@ -238,6 +262,23 @@ class MetaMix(Method):
         x, sizes = stacked(self.setup.features, items)
         y = np.concatenate([self.test_sources.population[i] for i in items]) if items else np.zeros(0)
         return fit_softmax_head(x, y, sizes, self.settings["population_l2"])
+
+
+def left_out(table: AnswerTable, group: str, items: Iterable[str] | None = None) -> Sources:
+    """The table's other groups as `group`'s sources: training matches test, where a group is never among the
+    seen groups."""
+    return Sources(table, tuple(g for g in table.groups if g != group), items)
+
+
+def ridge_weights(deviation: torch.Tensor, gap: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
+    """argmin_v |deviation v - gap|² + ridge |v|²: (DᵀD + λI)⁻¹ Dᵀ gap, or with fewer rows than sources (many
+    source groups, few context candidates) the same as Dᵀ (DDᵀ + λI)⁻¹ gap, a solve over the rows."""
+    rows, sources = deviation.shape
+    if rows >= sources:
+        gram = deviation.T @ deviation + ridge * torch.eye(sources, dtype=deviation.dtype)
+        return torch.linalg.solve(gram, deviation.T @ gap)
+    gram = deviation @ deviation.T + ridge * torch.eye(rows, dtype=deviation.dtype)
+    return deviation.T @ torch.linalg.solve(gram, gap)
 
 
 def initial_parameters(settings: dict) -> dict[str, float]:
