@@ -54,13 +54,15 @@ class Sources:
         self.population: dict[str, np.ndarray] = {}
         self.deviation: dict[str, np.ndarray] = {}  # item → (candidates, sources)
         for item in table.items if items is None else items:
-            columns = column[table.answered[item]] if item in table.answered else column[:0]
+            if item not in table.answered:
+                continue
+            columns = column[table.answered[item]]
             keep = np.flatnonzero(columns >= 0)
             if not len(keep):
                 continue
             # rows in the order of `sources`, so that the population's float sum does not depend on the table's
-            order = np.argsort(columns[keep], kind="stable")
-            answers, answered = table.answers[item][keep][order], columns[keep][order]
+            rows = keep[np.argsort(columns[keep], kind="stable")]
+            answers, answered = table.answers[item][rows], columns[rows]
             self.population[item] = answers.mean(axis=0)
             deviation = np.zeros((answers.shape[1], len(sources)))
             deviation[:, answered] = (answers - self.population[item]).T
