@@ -1,11 +1,13 @@
 """`gpo-bench leaderboard`: read the run folders (`<output>/runs/*/result.json`, and only them) and write
 `<output>/leaderboard.{md,csv,html}`: rows = methods (a method run with non-default settings, encoder,
 split seed or item limit is its own row), columns = task × meta-train fraction (× seen / unseen where a
-result holds `metrics[K][seen|unseen][metric]`), cells = mean and 95% CI over runs with their number n.
+result holds `metrics[K][seen|unseen][metric]`), cells = mean and 95% CI over seeds with their number n.
 
-A cell's runs (one per seed in a sweep) give a runs × groups table of per-group means
-(`metrics[K][metric]["per_group"]`); the cell's mean is the mean over runs of the mean over groups, and its
-CI is `gpo_bench.stats.bootstrap_ci` of that table (resampling runs and groups), as in a single run.
+A cell's runs give a seeds × groups table of per-group means, one row per seed of each run
+(`metrics[K][metric]["per_seed"]`; a sweep's run holds one seed, or all of them where the method trains
+them at once); the cell's mean is the mean over rows of the mean over groups, and its CI is
+`gpo_bench.stats.bootstrap_ci` of that table (resampling rows and groups), as in a single run, so that three
+runs of one seed and one run of three seeds give the same cell.
 Where the headline is accuracy pooled over items (`metric: accuracy`, PersonalRewardBench), the cell is the
 mean over runs of the pooled accuracy and its CI `stats.pooled_bootstrap_ci` (items resampled within each
 run; a run's items are rebuilt from its pooled accuracy and item count, exact as item scores are 0 or 1).
@@ -39,9 +41,9 @@ log = logging.getLogger(__name__)
 
 CI_SEED = 0
 CI_NOTE = (
-    f"Cells: mean over runs of the mean over test groups, [{CI_LEVEL:.0%} CI], n = runs (one per seed in a sweep). "
-    f"CI: percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples, seed {CI_SEED}) of that mean, resampling runs and "
-    "test groups with replacement from the runs × groups table of each run's per-group means "
+    f"Cells: mean over seeds of the mean over test groups, [{CI_LEVEL:.0%} CI], n = seeds (over the cell's runs). "
+    f"CI: percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples, seed {CI_SEED}) of that mean, resampling seeds and "
+    "test groups with replacement from the seeds × groups table of each seed's per-group means "
     "(gpo_bench.stats.bootstrap_ci, as for a single run). Pooled accuracy (PersonalRewardBench): mean over runs "
     "of the accuracy pooled over items, CI resampling items within each run (gpo_bench.stats.pooled_bootstrap_ci)."
 )
@@ -76,7 +78,7 @@ CSV_FIELDS = (
     "mean",
     "ci_low",
     "ci_high",
-    "n_runs",
+    "n",
     "seeds",
     "n_groups",
     "setting",
@@ -136,7 +138,7 @@ class Column:
 class CellStats:
     mean: float
     ci: tuple[float, float]
-    n_runs: int
+    n: int  # rows of the cell's table: one per seed of each run (pooled accuracy: one per run)
     seeds: tuple[int, ...]
     n_groups: int
     headroom: float | None = None  # (mean - uniform) / (ceiling - uniform) where the column has a ceiling
@@ -369,15 +371,22 @@ def paired(a: list[Run], b: list[Run], shots: int, subset: str = OVERALL) -> Pai
 
 
 def cell_table(runs: list[Run], shots: int, subset: str = OVERALL) -> tuple[np.ndarray, list[str]]:
-    """runs × groups table of per-group means (NaN where a run lacks the group) for one K."""
-    rows = [r.per_group[(shots, subset)] for r in runs if (shots, subset) in r.per_group]
+    """seeds × groups table of per-group means (NaN where a row lacks the group) for one K: a row per seed of
+    each run (a run without per-seed values: one row, its per-group means)."""
+    key = (shots, subset)
+    rows = [
+        row
+        for r in runs
+        if key in r.per_group
+        for row in ([r.per_seed[key][s] for s in sorted(r.per_seed[key])] if key in r.per_seed else [r.per_group[key]])
+    ]
     groups = sorted(set().union(*rows)) if rows else []
     return np.array([[row.get(g, np.nan) for g in groups] for row in rows], dtype=float).reshape(len(rows), -1), groups
 
 
 def cell_stats(runs: list[Run], shots: int, subset: str = OVERALL) -> CellStats | None:
-    """Mean over runs of the mean over groups (or of the pooled accuracy), and its bootstrap CI; None where
-    no run has this K."""
+    """Mean over seeds of the mean over groups (or over runs of the pooled accuracy), and its bootstrap CI;
+    None where no run has this K."""
     table, groups = cell_table(runs, shots, subset)
     if not len(table):
         return None
@@ -391,14 +400,14 @@ def cell_stats(runs: list[Run], shots: int, subset: str = OVERALL) -> CellStats 
     return CellStats(
         mean=mean,
         ci=ci,
-        n_runs=len(used),
+        n=len(table) if used[0].metric != POOLED else len(used),
         seeds=tuple(sorted({s for r in used for s in r.seeds})),
         n_groups=len(groups),
     )
 
 
 def group_stats(runs: list[Run], shots: int, subset: str = OVERALL) -> dict[str, CellStats]:
-    """Per test group: mean over runs and a bootstrap CI over runs (the same bootstrap, one group)."""
+    """Per test group: mean over seeds and a bootstrap CI over seeds (the same bootstrap, one group)."""
     table, groups = cell_table(runs, shots, subset)
     out = {}
     for j, group in enumerate(groups):
@@ -567,7 +576,7 @@ def _fmt_reference(value: float) -> str:
 
 def _cell_text(stats: CellStats) -> str:
     headroom = "" if stats.headroom is None else f" · {stats.headroom:.0%}"
-    return f"{_fmt(stats.mean)} [{_fmt(stats.ci[0])}, {_fmt(stats.ci[1])}] n={stats.n_runs}{headroom}"
+    return f"{_fmt(stats.mean)} [{_fmt(stats.ci[0])}, {_fmt(stats.ci[1])}] n={stats.n}{headroom}"
 
 
 CEILING_ROW = "sampling ceiling (the true distribution scored against a survey of its size)"
@@ -669,7 +678,7 @@ def to_csv(board: Leaderboard) -> str:
                     "mean": repr(stats.mean),
                     "ci_low": repr(stats.ci[0]),
                     "ci_high": repr(stats.ci[1]),
-                    "n_runs": stats.n_runs,
+                    "n": stats.n,
                     "seeds": " ".join(map(str, stats.seeds)),
                     "n_groups": stats.n_groups,
                     "headroom": "" if stats.headroom is None else repr(stats.headroom),
@@ -806,7 +815,7 @@ def to_html(board: Leaderboard) -> str:
             tds.append(
                 f'<td class="{"best" if best.get(column) == row else "cell"}" data-source="{OURS}" '
                 f'data-row="{esc(row)}" {column_attrs(column, shots)} data-mean="{stats.mean!r}" '
-                f'data-ci-low="{stats.ci[0]!r}" data-ci-high="{stats.ci[1]!r}" data-n="{stats.n_runs}"'
+                f'data-ci-low="{stats.ci[0]!r}" data-ci-high="{stats.ci[1]!r}" data-n="{stats.n}"'
                 + ("" if stats.headroom is None else f' data-headroom="{stats.headroom!r}"')
                 + f">{esc(_cell_text(stats))}</td>"
             )

@@ -90,9 +90,23 @@ def test_cells_are_the_means_of_the_runs_with_the_documented_ci(tmp_path):
         cell = board.cells[(method, column)]
         run_means = table.mean(axis=1)  # each run's mean over its groups
         assert cell.mean == pytest.approx(run_means.mean(), abs=1e-12)
-        assert cell.ci == bootstrap_ci(table, leaderboard.CI_SEED)  # runs × groups, resampling both
-        assert cell.n_runs == 3 and cell.seeds == (0, 1, 2) and cell.n_groups == 4
+        assert cell.ci == bootstrap_ci(table, leaderboard.CI_SEED)  # seeds × groups, resampling both
+        assert cell.n == 3 and cell.seeds == (0, 1, 2) and cell.n_groups == 4
     assert board.rows == ["population", "uniform"]  # ranked by mean
+
+    # the same three seeds of population in one run (as a sweep writes GPO's): the same cell, n = 3 seeds
+    together = tmp_path / "together"
+    folder = write_run(together, "population", "opinionqa", "population", 0, {20: {}})
+    result = json.loads((folder / "result.json").read_text())
+    result["spec"]["seeds"] = [0, 1, 2]
+    block = result["metrics"]["20"]["alignment"]
+    block["per_seed"] = {
+        str(s): dict(zip(GROUPS, map(float, row), strict=True)) for s, row in enumerate(tables["population"])
+    }
+    block["per_group"] = dict(zip(GROUPS, map(float, tables["population"].mean(axis=0)), strict=True))
+    (folder / "result.json").write_text(json.dumps(result))
+    one_run = leaderboard.build(together).cells[("population", column)]
+    assert one_run == board.cells[("population", column)] and one_run.n == 3
 
     at_five = leaderboard.build(tmp_path, shots=5)
     assert at_five.cells[("uniform", column)].mean == pytest.approx(tables["uniform"].mean() - 0.01, abs=1e-12)
@@ -125,7 +139,7 @@ def test_runs_with_other_settings_or_encoders_are_their_own_rows(tmp_path):
     board = leaderboard.build(tmp_path)
     previous = f"knn [card v{result['spec']['method_version']}]"
     assert sorted(board.rows) == sorted(["knn", "knn [encoder=bow]", "knn [neighbors=3]", previous])
-    assert board.cells[("knn", leaderboard.Column("opinionqa", 0.4))].n_runs == 2
+    assert board.cells[("knn", leaderboard.Column("opinionqa", 0.4))].n == 2
     assert [r.row for r in leaderboard.load_runs(tmp_path, encoder=bow)[0]] == ["knn [encoder=bow]"]
 
 
@@ -213,9 +227,9 @@ def test_the_html_parses_and_holds_the_numbers_of_the_csv(tmp_path):
             row["ci_low"],
             row["ci_high"],
         )
-        assert cell["data-n"] == row["n_runs"]
+        assert cell["data-n"] == row["n"]
         mean, low, high = (float(row[k]) for k in ("mean", "ci_low", "ci_high"))
-        assert cell["text"] == f"{mean:.3f} [{low:.3f}, {high:.3f}] n={row['n_runs']}"
+        assert cell["text"] == f"{mean:.3f} [{low:.3f}, {high:.3f}] n={row['n']}"
     references = [c for c in parser.cells if c["data-source"] == "reported by the paper"]
     assert {(c["data-row"], float(c["data-mean"])) for c in references if c["data-task"] == "opinionqa"} >= {
         ("GPO · Alpaca-7b", 0.92),

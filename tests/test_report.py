@@ -62,7 +62,9 @@ def test_board_matches_the_leaderboard_and_predictions_are_rescored_independentl
     for (row, column), stats in board.cells.items():
         shown = [r for r in task["board"] if r["method"] == row and r["shots"] == 5 and r["subset"] == column.subset]
         assert len(shown) == 1 and shown[0]["mean"] == pytest.approx(stats.mean, abs=1e-6)
-        assert shown[0]["ci"] == pytest.approx(list(stats.ci), abs=1e-6) and shown[0]["n_runs"] == stats.n_runs == 1
+        assert (
+            shown[0]["ci"] == pytest.approx(list(stats.ci), abs=1e-6) and shown[0]["n"] == stats.n == 2
+        )  # one run of two seeds
     run = next(r for r in task["runs"] if "--population--" in r["id"])
     pages = data_file(site, run["file"])["pages"]
     assert sorted((p["shots"], p["seed"]) for p in pages) == [(0, 0), (0, 1), (5, 0), (5, 1)]

@@ -122,7 +122,7 @@
     if (index.notes.length) app.append(el("h2", {}, "Notes"), el("ul", {}, index.notes.map((n) => el("li", {}, n))));
   }
 
-  const BOARD_KEYS = new Set(["method", "train_frac", "subset", "shots", "mean", "ci", "n_runs", "seeds", "n_groups", "runs"]);
+  const BOARD_KEYS = new Set(["method", "train_frac", "subset", "shots", "mean", "ci", "n", "seeds", "n_groups", "runs"]);
 
   function boardSection(app, data) {
     const extras = [...new Set(data.board.flatMap((r) => Object.keys(r).filter((k) => !BOARD_KEYS.has(k))))];
@@ -142,7 +142,7 @@
         value: (r) => (Array.isArray(r[k]) ? r[k][0] : r[k]),
         render: (r) => (Array.isArray(r[k]) ? ci(r[k]) : typeof r[k] === "number" ? f3(r[k]) : (r[k] ?? "")),
       })),
-      { key: "n_runs", label: "n runs", num: true },
+      { key: "n", label: "n seeds", num: true },
       { key: "n_groups", label: "groups", num: true },
       {
         key: "runs",
