@@ -1,5 +1,5 @@
-"""Worker processes: the cores this process may use, and pools of spawned workers that end with the
-process that started them and log as it does."""
+"""Worker processes: the cores this process may use, and pools of spawned workers (and the manager of their
+message queues) that end with the process that started them and log as it does."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.managers import SyncManager
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
@@ -42,6 +43,14 @@ def worker_pool(workers: int, log_level: int | None = None) -> ProcessPoolExecut
     with `log_level`, each logs at that level in the CLI's format (else it configures its own logging)."""
     spawn = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, mp_context=spawn, initializer=start_worker, initargs=(os.getpid(), log_level))
+
+
+def message_queue() -> SyncManager:
+    """A started manager (`.Queue()` gives a queue that workers can be handed) whose server process, like the
+    pool's workers, ends with this process: a parent killed with SIGKILL would otherwise leave it running."""
+    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(exit_with_parent, (os.getpid(),))
+    return manager
 
 
 def stop_workers(pool: ProcessPoolExecutor) -> None:
