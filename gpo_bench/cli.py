@@ -201,6 +201,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "shots": args.shots,
         "seeds": args.seeds,
         "split_seed": args.split_seed,
+        "seeds_together": args.seeds_together,
         "limit_items": args.limit_items,
         "set": args.set,
     }
@@ -409,8 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--file",
         type=Path,
         default=None,
-        help="YAML sweep file with tasks, methods, encoders, train_fracs, shots, seeds, split_seed, limit_items, "
-        "set (a mapping of overrides); flags given on the command line replace its fields",
+        help="YAML sweep file with tasks, methods, encoders, train_fracs, shots, seeds, split_seed, "
+        "seeds_together, limit_items, set (a mapping of overrides); flags given on the command line replace its "
+        "fields",
     )
     sweep.add_argument("--tasks", type=str_list, default=None, help="comma-separated task card names")
     sweep.add_argument("--methods", type=str_list, default=None, help="comma-separated method card names")
@@ -436,10 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=flag(SPEC_LIMITS["seeds"], many=True),
         default=None,
-        help="comma-separated seeds, one run each (default 0,1,2)",
+        help="comma-separated seeds, one run each, except as --seeds-together says (default 0,1,2)",
     )
     sweep.add_argument(
         "--split-seed", type=flag(SPEC_LIMITS["split_seed"]), default=None, help="seed of the group split (default 0)"
+    )
+    sweep.add_argument(
+        "--seeds-together",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a method that trains several seeds at once (gpo: one batched ensemble on CUDA, one process per "
+        "seed on the CPU) gets one run for all --seeds (default); --no-seeds-together: one run per seed",
     )
     sweep.add_argument(
         "--limit-items",

@@ -2,7 +2,9 @@
 (`--jobs N`) or as Ray tasks (`--backend ray`).
 
 One run is one `runner.RunSpec` per (task, method, encoder, train-frac, seed) with every K inside it (GPO
-trains once per seed and is evaluated at each K), so runs are independent units: the same spec always
+trains once per seed and is evaluated at each K); a method that trains several seeds at once (`fit_seeds`:
+GPO, one batched ensemble on CUDA, one process per seed on the CPU) gets one run for all the grid's seeds
+unless `seeds_together` is off. Runs are independent units: the same spec always
 names the same run folder (`runner.run_id`), a finished run (`runner.run_state`: a valid result.json whose
 predictions.jsonl still matches, on the same data) is skipped, so an interrupted sweep resumes where it
 stopped (GPO continues from its checkpoint), and a failing run leaves `error.json` in its run folder while
@@ -46,6 +48,7 @@ FILE_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "shots": (int, True),
     "seeds": (int, True),
     "split_seed": (int, False),
+    "seeds_together": (bool, False),
     "limit_items": (int, False),
     "set": (dict, False),
 }
@@ -66,6 +69,7 @@ class Grid:
     shots: tuple[int, ...] | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     split_seed: int = 0
+    seeds_together: bool = True  # one run for all seeds where the method trains them at once
     limit_items: int | None = None
     overrides: dict = field(default_factory=dict)
 
@@ -87,8 +91,15 @@ class Grid:
             if not dot and not any(key in load_method_card(m).settings for m in self.methods):
                 raise CardError(f"--set {key}: no method of this sweep ({', '.join(self.methods)}) has setting {key!r}")
 
+    def seed_sets(self, method: str) -> list[tuple[int, ...]]:
+        """The seeds of each of `method`'s runs: all of them in one run where the method trains several seeds
+        at once (and `seeds_together` is on), else one run per seed."""
+        if self.seeds_together and hasattr(METHODS.get(load_method_card(method).implementation), "fit_seeds"):
+            return [self.seeds]
+        return [(seed,) for seed in self.seeds]
+
     def specs(self) -> list[RunSpec]:
-        """One RunSpec per (task, method, encoder, train-frac, seed), in that nesting order."""
+        """One RunSpec per (task, method, encoder, train-frac, seed set), in that nesting order."""
         self.check_overrides()
         return [
             RunSpec(
@@ -96,7 +107,7 @@ class Grid:
                 method=method,
                 encoder=encoder,
                 shots=self.shots,
-                seeds=(seed,),
+                seeds=seeds,
                 train_frac=train_frac,
                 split_seed=self.split_seed,
                 limit_items=self.limit_items,
@@ -106,7 +117,7 @@ class Grid:
             for method in self.methods
             for encoder in self.encoders
             for train_frac in self.train_fracs
-            for seed in self.seeds
+            for seeds in self.seed_sets(method)
         ]
 
 
@@ -153,7 +164,7 @@ def load_sweep_file(path: Path) -> dict:
             if bad:
                 raise CardError(f"{path}: field {key!r} holds {bad[0]!r}, which is not a {_type_names(types)}")
             out[key] = tuple(value)
-        elif value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+        elif value is not None and (not isinstance(value, types) or isinstance(value, bool) != (types is bool)):
             raise CardError(f"{path}: field {key!r} must be a {_type_names(types)}, got {value!r}")
         else:
             out[key] = value
@@ -497,7 +508,8 @@ def describe(runs: list[PlannedRun], options: Options) -> str:
         r = run.resolved
         lines.append(
             f"{label:<9} {run.folder(options.output_dir)}  task={r['task']} method={r['method']} "
-            f"encoder={r['encoder']} train_frac={r['train_frac']} seed={r['seeds'][0]} "
+            f"encoder={r['encoder']} train_frac={r['train_frac']} seed{'s' * (len(r['seeds']) > 1)}="
+            f"{','.join(map(str, r['seeds']))} "
             f"shots={','.join(map(str, r['shots']))}" + (f"  ({why})" if state in ("broken", "other-data") else "")
         )
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """`gpo-bench sweep` on the synthetic task with cheap methods: the grid from flags or a file, one run per
-seed, resume after a kill or a failure (only the missing runs execute), failures recorded in error.json,
-and the same run folders with --jobs 2 (and Ray) as with --jobs 1."""
+seed (GPO: one run for all seeds, predicting as one run per seed), resume after a kill or a failure (only the
+missing runs execute), failures recorded in error.json, and the same run folders with --jobs 2 (and Ray) as
+with --jobs 1."""
 
 import json
 import os
@@ -81,12 +82,11 @@ def test_parallel_runs_that_encode_the_same_texts_wait_for_one_that_does_not_tra
     leader = ready[0]
     assert leader.spec.method == "head" and leader.spec.seeds == (0,)  # the first feature run without training
     assert [r.spec.method for r in ready[1:]] == ["uniform", "uniform"]
-    assert [(r.spec.method, r.spec.seeds[0]) for r in held[leader.run_id]] == [
-        ("gpo", 0),
-        ("gpo", 1),
-        ("head", 1),
-        ("knn", 0),
-        ("knn", 1),
+    assert [(r.spec.method, r.spec.seeds) for r in held[leader.run_id]] == [
+        ("gpo", (0, 1)),  # GPO trains both seeds in one run
+        ("head", (1,)),
+        ("knn", (0,)),
+        ("knn", (1,)),
     ]
 
 
@@ -143,8 +143,11 @@ def test_a_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, monkeypatch
     assert f"12 runs: {len(before)} already finished, {12 - len(before)} ran now, 0 failed" in capsys.readouterr().out
 
 
-def test_workers_end_when_the_sweep_is_killed(tmp_path):
-    args = ["sweep", "--tasks", "synthetic", "--methods", "gpo", "--encoders", "bow", "--seeds", "0,1"]
+@pytest.mark.parametrize("seeds", ["--seeds-together", "--no-seeds-together"])
+def test_workers_end_when_the_sweep_is_killed(tmp_path, seeds):
+    """Together: one GPO run, in the sweep's process, whose seeds train in processes that report through a
+    manager's queue; apart: two sweep workers, one GPO run each. Every child ends with the sweep."""
+    args = ["sweep", "--tasks", "synthetic", "--methods", "gpo", "--encoders", "bow", "--seeds", "0,1", seeds]
     args += ["--set", "max_steps=100000", "--jobs", "2", "--output-dir", str(tmp_path)]
     process = subprocess.Popen([sys.executable, "-m", "gpo_bench", *args], cwd=REPO, stderr=subprocess.DEVNULL)
 
@@ -157,6 +160,7 @@ def test_workers_end_when_the_sweep_is_killed(tmp_path):
         time.sleep(0.1)
     assert len(started) >= 2, "the sweep never started its workers"
     time.sleep(3)  # into training
+    started = workers()
     process.kill()  # SIGKILL: no handler of the sweep runs
     process.wait()
 
@@ -190,6 +194,29 @@ def test_two_jobs_give_the_same_run_folders_as_one(tmp_path):
     cores = len(os.sched_getaffinity(0))
     policy = os.environ["OMP_WAIT_POLICY"]  # the user's, else the CLI's default
     assert threads == [{"torch": max(1, cores // 2), "omp_wait_policy": policy}] * 6  # each worker its share
+
+
+def predictions(output: Path, method: str) -> dict[tuple, list[float]]:
+    """(group, item, K, seed) → prediction, over every run folder of `method`."""
+    rows = [json.loads(line) for p in (output / "runs").glob(f"*--{method}--*/predictions.jsonl") for line in p.open()]
+    return {(r["group"], r["item"], r["shots"], r["seed"]): r["pred"] for r in rows}
+
+
+def test_gpo_seeds_train_in_one_run_and_predict_as_runs_one_per_seed(tmp_path):
+    args = ["sweep", "--tasks", "synthetic", "--methods", "gpo,uniform", "--encoders", "bow", "--shots", "0,5"]
+    args += ["--seeds", "0,1", "--set", "gpo.max_steps=12", "--set", "gpo.eval_every=6", "--jobs", "2"]
+    assert main([*args, "--output-dir", str(tmp_path / "together")]) == 0
+    assert main([*args, "--no-seeds-together", "--output-dir", str(tmp_path / "apart")]) == 0
+    together, apart = (
+        {p.parent.name.split("--")[1] + str(json.loads(p.read_text())["spec"]["seeds"]) for p in runs}
+        for runs in ((tmp_path / side / "runs").glob("*/result.json") for side in ("together", "apart"))
+    )
+    assert together == {"gpo[0, 1]", "uniform[0]", "uniform[1]"}
+    assert apart == {"gpo[0]", "gpo[1]", "uniform[0]", "uniform[1]"}
+    # each worker process trains with (cores // 2) threads on both sides, so the floats match exactly
+    same = predictions(tmp_path / "together", "gpo")
+    assert len(same) > 0 and same == predictions(tmp_path / "apart", "gpo")
+    assert {seed for *_, seed in same} == {0, 1}
 
 
 @pytest.mark.slow
