@@ -202,13 +202,14 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
 
 def test_gpo_learns_the_planted_group_structure(tmp_path):
     """On `synthetic_one_topic` (two group types with opposed tastes, one topic word per candidate), GPO must
-    read the group's type from its few shots: it beats `population` by at least 0.08 and `uniform` by 0.15 for
-    every K >= 5. A 2-layer GPO keeps this under two minutes; the architecture is otherwise the card's.
-    Split seed 1 puts both types among the validation groups (with split seed 0 both are of one type, and a
-    checkpoint that ignores the shots can look best). Measured before committing, seeds 0-3, with and
-    without a change that only moved float rounding: K = 5 at 0.83-0.90 against `population`'s 0.73.
-    (On `synthetic`, where each candidate names two topics, whether 1500 steps escaped the plateau of
-    predicting the average hung on float rounding.)"""
+    read the group's type from its few shots: for at least two of three seeds it beats `population` by at least
+    0.08 and `uniform` by 0.15 for every K >= 5. A 2-layer GPO keeps this around two minutes (the three seeds
+    train at once, one process each); the architecture is otherwise the card's. Split seed 1 puts both types
+    among the validation groups (with split seed 0 both are of one type, and a checkpoint that ignores the
+    shots can look best). Whether one seed escapes the plateau of predicting the average within 2000 steps
+    hangs on float rounding: on this project's CPUs seeds 0-3 reached K = 5 at 0.87-0.89, but one of them
+    (seed 0 on two threads in one CPU model, seed 1 on one thread in another) stayed at 0.77-0.79, against
+    `population`'s 0.73; hence the majority of seeds, not one."""
     from gpo_bench.runner import RunSpec, execute
 
     def run(method, **overrides):
@@ -217,18 +218,19 @@ def test_gpo_learns_the_planted_group_structure(tmp_path):
             method=method,
             encoder="bow",
             shots=(5, 10, 20),
-            seeds=(0,),
+            seeds=(0, 1, 2),
             split_seed=1,
             overrides=overrides,
         )
-        result = execute(spec, None, tmp_path, device="cpu")
-        return {k: v["alignment"]["mean"] for k, v in result["metrics"].items()}
+        return execute(spec, None, tmp_path, device="cpu")["metrics"]
 
     gpo = run("gpo", layers=2, lr=1e-3, max_steps=2000, eval_every=100, patience=None)
     population, uniform = run("population"), run("uniform")
     for k in ("5", "10", "20"):
-        assert gpo[k] > population[k] + 0.08, (k, gpo[k], population[k])
-        assert gpo[k] > uniform[k] + 0.15, (k, gpo[k], uniform[k])
+        seeds = [np.mean(list(groups.values())) for groups in gpo[k]["alignment"]["per_seed"].values()]
+        median = float(np.median(seeds))
+        assert median > population[k]["alignment"]["mean"] + 0.08, (k, seeds, population[k]["alignment"]["mean"])
+        assert median > uniform[k]["alignment"]["mean"] + 0.15, (k, seeds, uniform[k]["alignment"]["mean"])
 
 
 def test_embedding_gradients_are_deterministic_with_shared_vectors():
