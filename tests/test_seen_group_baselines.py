@@ -151,7 +151,9 @@ def test_no_method_falls_below_chance_on_an_accuracy_task_because_of_ties(sparse
 
 
 def test_the_mixture_bound_recovers_a_planted_mixture_and_has_no_ceiling_without_counts(monkeypatch):
-    """benchmarks/mixture_bound.py: fitted on the other folds, both mixtures find 0.7 A + 0.3 B; population cannot."""
+    """benchmarks/mixture_bound.py: fitted on the other folds, both mixtures find 0.7 A + 0.3 B; population cannot;
+    its topic-local fit finds a mixture that changes with the question's topic, and is the global fit at
+    temperature 0."""
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     from mixture_bound import fold_scores
 
@@ -163,3 +165,15 @@ def test_the_mixture_bound_recovers_a_planted_mixture_and_has_no_ceiling_without
     scores = fold_scores(task, "test", tuple(sorted(seen)), seed=0)
     assert scores["convex (group-mix)"] > 0.99 and scores["signed (meta-mix)"] > 0.99, scores
     assert scores["population"] < 0.95 and np.isnan(scores["sampling ceiling"]), scores
+
+    # a topic-dependent mixture: s0 on the first topic's questions, s1 on the second's; the topic-local fit
+    # (fitted items weighted by their questions' similarity) finds each, the global one a compromise
+    topic_of = {i: n % 2 for n, i in enumerate(items)}
+    by_topic = {i: seen["s0"][i] if topic_of[i] == 0 else seen["s1"][i] for i in items}
+    task = TaskData("topics", "alignment", items, {g: Group(g, t) for g, t in {**seen, "test": by_topic}.items()})
+    vectors = {i: np.eye(2)[topic_of[i]] for i in items}
+    local = fold_scores(task, "test", tuple(sorted(seen)), seed=0, topic=(30.0, vectors))
+    flat = fold_scores(task, "test", tuple(sorted(seen)), seed=0, context=40, topic=(0.0, vectors))
+    name = "signed, topic-local (temperature {:g})"
+    assert local[name.format(30)] > 0.99 > local["signed (meta-mix)"] + 0.02, local
+    assert flat[name.format(0)] == pytest.approx(flat["signed (meta-mix)"], abs=1e-12), flat  # weights all 1
