@@ -18,7 +18,9 @@ they import but these paths never use (wandb, uncertainty_toolbox, datasets) are
 Training steps are interleaved (ours, theirs, ours, …) on the same data so that both see the same
 machine load; the report gives medians, the median of the paired per-step ratios, the points per
 step and the time per target point. Their evaluation is timed on --authors-eval-groups test groups and
-scaled to all of them (said so in the output). Peak memory: one fresh process per implementation.
+scaled to all of them (said so in the output). Peak memory: one fresh process per implementation. On the
+CPU it also reports the matrix products of our step (the torch profiler's FLOP counts and each op's rate)
+and the time they would take all at the fastest of those rates: a floor for a float32 step on this core.
 """
 
 import argparse
@@ -265,6 +267,28 @@ def side_by_side(repo: Path, device: str, steps: int, eval_groups: int, bf16: bo
     print(
         f"{'evaluation of the test groups, s':34}{our_eval:12.2f}{their_eval:12.1f}{their_eval / our_eval:7.0f}x"
         f"   (theirs timed on {eval_groups} of {n_test} groups, scaled)"
+    )
+    if device == "cpu":
+        products_floor(ours, ms["theirs"])
+
+
+def products_floor(ours: Ours, their_ms: float, steps: int = 5) -> None:
+    """The matrix products of our step (torch profiler FLOP counts, per op) and the time they would take all
+    at the fastest rate any of them reaches here: a floor for a float32 step on this core."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as profiled:
+        for _ in range(steps):
+            ours.step()
+    ops = {e.key: (e.flops / steps / 1e9, e.flops / e.self_cpu_time_total / 1e3) for e in profiled.key_averages()}
+    products = {name: value for name, value in ops.items() if name in ("aten::mm", "aten::bmm", "aten::addmm")}
+    total = sum(gflop for gflop, _ in products.values())
+    fastest = max(rate for _, rate in products.values())
+    rates = ", ".join(f"{name[6:]} {gflop:.1f} at {rate:.0f} GFLOP/s" for name, (gflop, rate) in products.items())
+    print(f"matrix products in our step: {total:.1f} GFLOP ({rates}; profiled, {steps} steps)")
+    print(
+        f"  all at {fastest:.0f} GFLOP/s they alone would take {1000 * total / fastest:.0f} ms; "
+        f"a third of their step is {their_ms / 3:.0f} ms"
     )
 
 
