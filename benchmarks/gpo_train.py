@@ -280,8 +280,15 @@ def products_floor(ours: Ours, their_ms: float, steps: int = 5) -> None:
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as profiled:
         for _ in range(steps):
             ours.step()
-    ops = {e.key: (e.flops / steps / 1e9, e.flops / e.self_cpu_time_total / 1e3) for e in profiled.key_averages()}
+    ops = {
+        e.key: (e.flops / steps / 1e9, e.flops / e.self_cpu_time_total / 1e3)
+        for e in profiled.key_averages()
+        if e.flops and e.self_cpu_time_total
+    }
     products = {name: value for name, value in ops.items() if name in ("aten::mm", "aten::bmm", "aten::addmm")}
+    if not products:
+        print("matrix products in our step: the profiler counted none (no FLOP counts in this torch build)")
+        return
     total = sum(gflop for gflop, _ in products.values())
     fastest = max(rate for _, rate in products.values())
     rates = ", ".join(f"{name[6:]} {gflop:.1f} at {rate:.0f} GFLOP/s" for name, (gflop, rate) in products.items())
