@@ -71,6 +71,7 @@ def fold_scores(
     scores: dict[str, list[float]] = {"population": [], "convex (group-mix)": [], "signed (meta-mix)": []}
     if local:
         scores[local] = []
+        temperature, questions = topic[0], np.stack([topic[1][i] for i in items])
     for train, test in item_splits(len(items), seed, context):
         weights = GroupMix.fit_weights(stacked[train], answered[train], wanted[train], PRIOR)
         deviation = np.concatenate([sources.deviation[items[n]] for n in train])
@@ -86,8 +87,7 @@ def fold_scores(
                 "signed (meta-mix)": mixed / mixed.sum(),
             }
             if local:
-                temperature, vectors = topic
-                similarity = np.array([vectors[items[m]] @ vectors[items[n]] for m in train])
+                similarity = questions[train] @ questions[n]
                 closeness = np.exp(temperature * (similarity - similarity.max()))
                 rows = np.repeat(closeness / closeness.mean(), [len(answers[items[m]]) for m in train])
                 weighted = deviation.T * rows

@@ -45,9 +45,9 @@ def worker_pool(workers: int, log_level: int | None = None) -> ProcessPoolExecut
     return ProcessPoolExecutor(workers, mp_context=spawn, initializer=start_worker, initargs=(os.getpid(), log_level))
 
 
-def message_queue() -> SyncManager:
-    """A started manager (`.Queue()` gives a queue that workers can be handed) whose server process, like the
-    pool's workers, ends with this process: a parent killed with SIGKILL would otherwise leave it running."""
+def queue_manager() -> SyncManager:
+    """A started manager, for queues that workers can be handed (`.Queue()`), whose server process ends with
+    this process as the pool's workers do: a parent killed with SIGKILL would otherwise leave it running."""
     manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
     manager.start(exit_with_parent, (os.getpid(),))
     return manager

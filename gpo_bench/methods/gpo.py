@@ -53,7 +53,7 @@ from ..files import write_atomic
 from ..metrics import item_score
 from ..protocol import Episode, derived_rng, draw_episode
 from ..registry import METHODS
-from ..workers import message_queue, stop_workers, usable_cores, worker_pool
+from ..workers import queue_manager, stop_workers, usable_cores, worker_pool
 from .base import Method, Setup, item_softmax
 
 log = logging.getLogger(__name__)
@@ -770,7 +770,7 @@ def train_in_processes(settings: dict, setups: list[Setup], threads: int) -> lis
         unit="step",
     )
     level = logging.getLogger("gpo_bench").getEffectiveLevel()
-    with message_queue() as manager:
+    with queue_manager() as manager:
         queue, pool = manager.Queue(), worker_pool(len(setups), level)
         try:
             futures = [pool.submit(fit_in_worker, settings, setup, threads, queue) for setup in setups]
