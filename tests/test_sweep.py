@@ -63,6 +63,12 @@ def test_the_grid_from_a_file_and_flags(tmp_path):
     with pytest.raises(CardError, match=r"sweep.yaml: field 'seeds' holds 'a'"):
         path.write_text("tasks: [synthetic]\nmethods: [uniform]\nseeds: [0, a]\n")
         sweep.make_grid(path, {})
+    path.write_text("tasks: [synthetic]\nmethods: [gpo, uniform]\nseeds: [0, 1]\nseeds_together: false\n")
+    assert [r.spec.seeds for r in sweep.plan(sweep.make_grid(path, {}))] == [(0,), (1,), (0,), (1,)]
+    assert len(sweep.plan(sweep.make_grid(path, {"seeds_together": True}))) == 3  # the flag replaces the file's
+    with pytest.raises(CardError, match=r"field 'seeds_together' must be a bool, got 1"):
+        path.write_text("tasks: [synthetic]\nmethods: [gpo]\nseeds_together: 1\n")
+        sweep.make_grid(path, {})
     with pytest.raises(CardError, match="no method of this sweep"):
         sweep.make_grid(None, {"tasks": ("synthetic",), "methods": ("uniform",), "set": ["max_steps=5"]}).specs()
     with pytest.raises(CardError, match="method 'gpo' is not in this sweep"):
