@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from gpo_bench.cards import load_task_card
-from gpo_bench.data import DataError, TaskData
+from gpo_bench.data import TaskData
 from gpo_bench.encoders import DEFAULT_ENCODER, Encoder, EncoderSpec
+from gpo_bench.errors import DataError, UnknownNameError
 from gpo_bench.features import build_features
 from gpo_bench.loaders import load_task
 from gpo_bench.methods.baselines import GroupMix
 from gpo_bench.methods.meta_mix import AnswerTable, Sources
 from gpo_bench.metrics import ceiling_seed, item_score, sampling_ceiling
 from gpo_bench.protocol import make_split
-from gpo_bench.registry import UnknownNameError
 
 FOLDS = 5
 DRAWS = 3

@@ -1,6 +1,7 @@
-"""Task cards (`tasks/*.yaml`) and method cards (`baselines/*.yaml`): finding them (built in, then in the
-include folders and plugin packages of `gpo_bench.plugins`), loading and validating them, so a wrong key
-or type names the card and the field."""
+"""Task cards (`tasks/*.yaml`) and method cards (`baselines/*.yaml`): their schema, loading and validating
+them, so that a wrong key or type names the card and the field. Finding them (built in, then in the include
+folders and plugin packages) is `gpo_bench.discovery`'s; the type and range of each method setting is declared
+by the method itself (`Method.SETTINGS`), which a method card's `implementation` names."""
 
 from __future__ import annotations
 
@@ -13,24 +14,10 @@ from typing import Any
 
 import yaml
 
-from .plugins import card_roots
+from .discovery import card_origin, card_paths, discover
+from .errors import CardError, UnknownNameError, unknown_name
 from .protocol import PERSONALIZED_DEFAULTS, PROTOCOLS
-from .registry import unknown_name
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-class CardError(ValueError):
-    """A card that does not follow its schema."""
-
-
-def cards_dir(kind: str) -> Path:
-    """`tasks` or `baselines`: inside the installed wheel, else at the repository root."""
-    for candidate in (PACKAGE_DIR / "cards" / kind, PACKAGE_DIR.parent / kind):
-        if candidate.is_dir():
-            return candidate
-    raise CardError(f"no {kind}/ card folder found next to {PACKAGE_DIR}")
-
+from .registry import METHODS
 
 # field → (accepted types, required, default)
 TASK_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
@@ -123,59 +110,6 @@ class Limit:
         return float(value) if self.kind is float else value
 
 
-# Every method card setting, by name (one name means one thing in every card): its type and range, checked when
-# a card is loaded and on each --set override, before any work starts.
-SETTINGS: dict[str, Limit] = {
-    "batch_size": Limit(int, 1),
-    "batch_tokens": Limit(int, 1),
-    "bf16": Limit(bool),
-    "chat_template": Limit(bool),
-    "compile": Limit(bool),
-    "context_items": Limit(list, item=int, length=2, low=0),
-    "d_ff": Limit(int, 1),
-    "d_model": Limit(int, 1),
-    "dtype": Limit(str, choices=("auto", "float32", "bfloat16", "float16")),
-    "episode_targets": Limit(int, 1),
-    "eval_every": Limit(int, 1),
-    "floor": Limit(float, 0, 0.1, open_low=True),
-    "folds": Limit(int, 2),
-    "group_l2": Limit(float, 0),
-    "groups_per_step": Limit(int, 1, nullable=True),
-    "head_lr": Limit(float, 0, open_low=True),
-    "heads": Limit(int, 1),
-    "l2": Limit(float, 0),
-    "layers": Limit(int, 1),
-    "load_8bit": Limit(bool),
-    "lora_alpha": Limit(float, 0, open_low=True),
-    "lora_dropout": Limit(float, 0, 1, open_high=True),
-    "lora_layers": Limit(int, 1, nullable=True),
-    "lora_r": Limit(int, 1),
-    "lora_targets": Limit(list, item=str),
-    "lr": Limit(float, 0, open_low=True),
-    "max_grad_norm": Limit(float, 0, open_low=True, nullable=True),
-    "max_length": Limit(int, 1, nullable=True),
-    "max_steps": Limit(int, 1),
-    "meta_train": Limit(bool),
-    "min_shared": Limit(int, 1),
-    "mlp_depth": Limit(int, 1),
-    "model": Limit(str),
-    "neighbors": Limit(int, 1),
-    "patience": Limit(int, 1, nullable=True),
-    "population_l2": Limit(float, 0),
-    "prior": Limit(list, item=float, low=0),
-    "rank": Limit(int, 1),
-    "ridge": Limit(float, 0, open_low=True),
-    "steps": Limit(int, 1),
-    "style": Limit(str, choices=("portray", "bio", "qa")),
-    "target_items": Limit(list, item=int, length=2, low=1),
-    "temperature": Limit(float, 0, open_low=True),
-    "text_residual": Limit(bool),
-    "tf32": Limit(bool),
-    "train_shots": Limit(list, item=int, low=0),
-    "user_l2": Limit(float, 0),
-    "validation_shots": Limit(int, 0),
-    "validation_grid": Limit(list, item=int, low=0),
-}
 SEED_LIMIT = Limit(int, 0, 2**32 - 1)  # numpy's legacy seeding (the paper's split) takes 0 ≤ seed < 2**32
 # The run spec's numbers, shared by the flags of `run` and `sweep` and the fields of a sweep file.
 SPEC_LIMITS: dict[str, Limit] = {
@@ -187,13 +121,28 @@ SPEC_LIMITS: dict[str, Limit] = {
 }
 
 
-def check_setting(key: str, value: Any, where: str, card_value: Any, card_path: str | Path) -> Any:
-    """A setting's value checked against SETTINGS; `where` says where it came from (card file or --set). A card
-    from an include folder or plugin may bring settings of its own: those are typed by the card's own value."""
-    if key in SETTINGS:
-        return SETTINGS[key].check(value, f"{where}: setting {key!r}")
+def declared_settings(implementation: str, card_path: str | Path) -> dict[str, Limit]:
+    """The settings that the method implementation declares (`SETTINGS`: name → Limit); an unknown
+    implementation is a CardError naming the card."""
+    try:
+        return getattr(METHODS.get(implementation), "SETTINGS", {})
+    except UnknownNameError as error:
+        raise CardError(f"{card_path}: field 'implementation': {error}") from None
+
+
+def check_setting(key: str, value: Any, where: str, card_value: Any, card_path: str | Path, implementation: str) -> Any:
+    """A setting's value checked against the Limit its method declares; `where` says where it came from (card
+    file or --set). A card from an include folder or plugin may bring settings of its own: those are typed by
+    the card's own value."""
+    declared = declared_settings(implementation, card_path)
+    if key in declared:
+        return declared[key].check(value, f"{where}: setting {key!r}")
     if card_origin(card_path) == "built-in":
-        raise CardError(f"{where}: setting {key!r} has no declared type and range (add it to cards.SETTINGS)")
+        owner = METHODS.get(implementation)
+        raise CardError(
+            f"{where}: setting {key!r} has no declared type and range "
+            f"(declare it in {owner.__module__}.{owner.__qualname__}.SETTINGS)"
+        )
     kind = object if card_value is None else float if isinstance(card_value, float) else type(card_value)
     return Limit(kind, item=object if kind is list else None).check(value, f"{where}: setting {key!r}")
 
@@ -277,8 +226,9 @@ class MethodCard:
     @classmethod
     def from_file(cls, path: Path) -> MethodCard:
         card = _validate(read_yaml(path), METHOD_FIELDS, path)
+        declared_settings(card["implementation"], path)  # an unknown implementation names the card
         for key, value in card["settings"].items():
-            check_setting(key, value, str(path), value, path)
+            check_setting(key, value, str(path), value, path, card["implementation"])
         return cls(**card, path=str(path))
 
 
@@ -290,47 +240,19 @@ def read_yaml(path: Path) -> Any:
         raise CardError(f"{path}: cannot read it as YAML ({' '.join(str(error).split())})") from None
 
 
-CARD_KINDS = {"tasks": "task", "baselines": "method"}
-
-
-def _card_paths(kind: str) -> dict[str, Path]:
-    """Card name → file: the built-in cards, then those of the include folders and plugins; a name found
-    twice is an error naming both files."""
-    found = {p.stem: p for p in sorted(cards_dir(kind).glob("*.yaml"))}
-    for root, origin in card_roots():
-        for path in sorted((root / kind).glob("*.yaml")):
-            if path.stem in found:
-                raise CardError(
-                    f"{path} ({origin}) defines the {CARD_KINDS[kind]} card {path.stem!r}, "
-                    f"which {found[path.stem]} already defines; rename one (a card's name is its file name)"
-                )
-            found[path.stem] = path
-    return found
-
-
-def card_origin(path: str | Path) -> str:
-    """'built-in' for the package's own cards, else the card file's path."""
-    path = Path(path)
-    return "built-in" if path.parent == cards_dir(path.parent.name) else str(path)
-
-
-def task_names() -> list[str]:
-    return list(_card_paths("tasks"))
-
-
-def method_names() -> list[str]:
-    return list(_card_paths("baselines"))
-
-
 def load_task_card(name: str) -> TaskCard:
-    paths = _card_paths("tasks")
+    """The task card of that name (the plugins discovered first, since it may name a plugin's loader)."""
+    discover()
+    paths = card_paths("tasks")
     if name not in paths:
         raise unknown_name("task", name, list(paths))
     return TaskCard.from_file(paths[name])
 
 
 def load_method_card(name: str) -> MethodCard:
-    paths = _card_paths("baselines")
+    """The method card of that name (the plugins discovered first, since it may name a plugin's method)."""
+    discover()
+    paths = card_paths("baselines")
     if name not in paths:
         raise unknown_name("method", name, list(paths))
     return MethodCard.from_file(paths[name])
@@ -357,5 +279,7 @@ def apply_overrides(settings: dict, overrides: dict[str, Any], card: MethodCard)
     for key, value in overrides.items():
         if key not in merged:
             raise unknown_name(f"setting of method card {card.path}", key, list(merged))
-        merged[key] = check_setting(key, value, f"--set {key}={value!r} ({card.path})", merged[key], card.path)
+        merged[key] = check_setting(
+            key, value, f"--set {key}={value!r} ({card.path})", merged[key], card.path, card.implementation
+        )
     return merged

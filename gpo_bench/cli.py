@@ -16,23 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cards import (
-    SPEC_LIMITS,
-    CardError,
-    Limit,
-    apply_overrides,
-    card_origin,
-    load_method_card,
-    load_task_card,
-    method_names,
-    parse_overrides,
-    task_names,
-)
-from .data import DataError
+from .cards import SPEC_LIMITS, Limit, apply_overrides, load_method_card, load_task_card, parse_overrides
+from .discovery import INCLUDE_ENV, add_include_paths, card_origin, discover, method_names, task_names
 from .encoders import ALIASES, DEFAULT_ENCODER, EncoderSpec
-from .plugins import INCLUDE_ENV, PluginError, add_include_paths
-from .plugins import load as load_plugins
-from .registry import UnknownNameError
+from .errors import CardError, DataError, PluginError, UnknownNameError
 from .workers import LOG_DATE_FORMAT, LOG_FORMAT
 
 log = logging.getLogger("gpo_bench")
@@ -74,7 +61,7 @@ def default_threads() -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    load_plugins()  # so a broken plugin module is reported here too
+    discover()  # so a broken plugin module is reported here too
     tasks = [load_task_card(name) for name in task_names()]
     methods = [load_method_card(name) for name in method_names()]
     sections = {

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .data import DataError
-from .leaderboard import CI_SEED, OVERALL, Run, RunFileError, load_runs, paired, parse_run
+from .errors import DataError, RunFileError
+from .leaderboard import CI_SEED, OVERALL, Run, load_runs, paired, parse_run
 
 
 def select(runs: list[Run], name: str, task: str, train_frac: float | None) -> list[Run]:

@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import DataError
+
 SUM_TOLERANCE = 1e-4
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file/row or the group/item at fault."""
 
 
 @dataclass(frozen=True)

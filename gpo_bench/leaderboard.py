@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .cards import CardError, load_method_card
-from .data import DataError
+from .cards import load_method_card
 from .encoders import DEFAULT_ENCODER, EncoderSpec
+from .errors import CardError, DataError, RunFileError, UnknownNameError
 from .files import write_atomic
-from .registry import UnknownNameError
 from .stats import BOOTSTRAP_SAMPLES, CI_LEVEL, PairedDifference, bootstrap_ci, paired_difference, pooled_bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -90,10 +89,6 @@ CSV_FIELDS = (
     "diff_ci_high",
     "p_improvement",
 )
-
-
-class RunFileError(ValueError):
-    """A run folder whose result.json cannot be used."""
 
 
 @dataclass(frozen=True)

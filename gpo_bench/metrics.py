@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import xlogy
 
-from .data import DataError, check_distribution
+from .data import check_distribution
+from .errors import DataError
 from .stats import bootstrap_ci, grand_mean, pooled_bootstrap_ci
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from .cards import load_task_card
-from .data import DataError
+from .errors import DataError, UnknownNameError
 from .leaderboard import (
     OVERALL,
     REPORTED,
@@ -28,7 +28,6 @@ from .leaderboard import (
     load_runs,
     pick_shots,
 )
-from .registry import UnknownNameError
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import DataError, TaskData
+from .data import TaskData
+from .errors import DataError
 
 
 def derived_rng(*parts: object) -> np.random.Generator:

@@ -1,27 +1,20 @@
-"""The one registry pattern: named factories (loaders, methods, encoders) looked up by name,
-with a helpful error that suggests the closest names."""
+"""The one registry pattern: named factories (loaders, methods) looked up by name, with a helpful error that
+suggests the closest names. A leaf: it imports nothing of the package but its errors. The built-ins are named
+as a module path string, imported on the first lookup (their `@register` decorators fill the registry);
+users' plugins are imported by `gpo_bench.discovery.discover()`."""
 
 from __future__ import annotations
 
-import difflib
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from .errors import UnknownNameError, unknown_name
+
+__all__ = ["LOADERS", "METHODS", "Registry", "UnknownNameError", "unknown_name"]
+
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """A name that is not registered; the message lists the closest known names."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
-
-
-def unknown_name(kind: str, name: str, known: list[str]) -> UnknownNameError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(known))}.")
 
 
 def _source_file(obj: object) -> str:
@@ -32,11 +25,13 @@ def _source_file(obj: object) -> str:
 
 
 class Registry(Generic[T]):
-    """Name → object (a class or function) with a one-line description for `gpo-bench list`. Looking a
-    name up first imports the plugins (`gpo_bench.plugins`: include folders and entry points)."""
+    """Name → object (a class or function) with a one-line description for `gpo-bench list`. `builtins` is the
+    module (a dotted path) whose import registers the package's own entries; it is imported on first use."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str) -> None:
         self.kind = kind
+        self.builtins = builtins
+        self._builtins_loaded = False
         self._entries: dict[str, tuple[T, str]] = {}
 
     def register(self, name: str, description: str) -> Callable[[T], T]:
@@ -51,25 +46,29 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def load_builtins(self) -> None:
+        """Import the built-in entries' module once (before any plugin, so that a clash names the plugin)."""
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            try:
+                importlib.import_module(self.builtins)
+            except BaseException:
+                self._builtins_loaded = False
+                raise
+
     def get(self, name: str) -> T:
-        _load_plugins()
+        self.load_builtins()
         if name not in self._entries:
             raise unknown_name(self.kind, name, list(self._entries))
         return self._entries[name][0]
 
     def names(self) -> list[str]:
-        _load_plugins()
+        self.load_builtins()
         return sorted(self._entries)
 
     def describe(self) -> list[tuple[str, str]]:
         return [(name, self._entries[name][1]) for name in self.names()]
 
 
-def _load_plugins() -> None:
-    from .plugins import load  # here, not at the top: plugins import the modules that fill the registries
-
-    load()
-
-
-LOADERS: Registry[Callable] = Registry("loader")
-METHODS: Registry[type] = Registry("method implementation")
+LOADERS: Registry[Callable] = Registry("loader", builtins="gpo_bench.loaders")
+METHODS: Registry[type] = Registry("method implementation", builtins="gpo_bench.methods")

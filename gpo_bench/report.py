@@ -25,7 +25,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from .data import DataError
+from .errors import DataError
 from .files import write_atomic
 from .leaderboard import (
     OVERALL,
@@ -209,7 +209,7 @@ def task_items(runs: list[Run]) -> dict[str, list]:
 
 def _task_card(task: str) -> dict:
     from .cards import load_task_card
-    from .registry import UnknownNameError
+    from .errors import UnknownNameError
 
     try:
         card = load_task_card(task)

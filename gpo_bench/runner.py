@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from . import methods  # noqa: F401  (registers the methods)
 from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
-from .data import DataError, TaskData
+from .data import TaskData
 from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec, resolve_device
+from .errors import DataError
 from .features import build_features
 from .files import file_digest, folder_lock, remove_temp_files, write_atomic
 from .loaders import load_task

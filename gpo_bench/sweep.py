@@ -30,9 +30,10 @@ import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .cards import SPEC_LIMITS, CardError, load_method_card, load_task_card, parse_overrides
-from .data import DataError
+from .cards import SPEC_LIMITS, load_method_card, load_task_card, parse_overrides
+from .discovery import discover
 from .encoders import DEFAULT_ENCODER
+from .errors import CardError, DataError
 from .methods.base import Method
 from .registry import METHODS
 from .runner import ERROR_FILE, RESULT_FILE, RunSpec, execute, limit_items, load_task, run_id, run_state, write_atomic
@@ -243,6 +244,7 @@ def run_one(run: PlannedRun, options: Options) -> Outcome:
     """Execute one run; any exception becomes `error.json` and a failed Outcome, so the sweep goes on."""
     started = time.perf_counter()
     try:
+        discover()  # a spawned worker imports the include folders' and entry points' plugins afresh
         result = execute(
             run.spec,
             options.data_dir,

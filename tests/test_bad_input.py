@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from gpo_bench import cards, loaders, runner
+from gpo_bench import cards, discovery, loaders, runner
 from gpo_bench.cli import main
-from gpo_bench.data import DataError
+from gpo_bench.errors import DataError, UnknownNameError
 from gpo_bench.loaders.globalopinionqa import load_globalopinionqa
 from gpo_bench.loaders.opinionqa import load_opinionqa
-from gpo_bench.registry import LOADERS, UnknownNameError
+from gpo_bench.registry import LOADERS
 from tests import personalized_fixtures as pf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,7 +149,7 @@ def test_a_card_value_of_the_wrong_type_names_the_card(tmp_path, monkeypatch, ca
         shutil.copytree(REPO / kind, tmp_path / kind)
     head = tmp_path / "baselines" / "head.yaml"
     head.write_text(head.read_text().replace("l2: 0.01", 'l2: "0.01"'))
-    monkeypatch.setattr(cards, "cards_dir", lambda kind: tmp_path / kind)
+    monkeypatch.setattr(discovery, "cards_dir", lambda kind: tmp_path / kind)
     code, text = call(capsys, caplog, [*RUN, "--method", "head", "--output-dir", str(tmp_path / "out")])
     check(judge(code, text, ["head.yaml", "l2"]), text)
 
@@ -572,7 +572,7 @@ def broken_card(content: bytes):
         for kind in ("tasks", "baselines"):
             shutil.copytree(REPO / kind, tmp_path / kind)
         (tmp_path / "baselines" / "uniform.yaml").write_bytes(content)
-        monkeypatch.setattr(cards, "cards_dir", lambda kind: tmp_path / kind)
+        monkeypatch.setattr(discovery, "cards_dir", lambda kind: tmp_path / kind)
 
     return setup
 

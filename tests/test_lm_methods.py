@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from personalized_fixtures import write_prism
 
-from gpo_bench import lm
+from gpo_bench import models
 from gpo_bench.cards import load_task_card
 from gpo_bench.cli import main
 from gpo_bench.data import Group, Item, TaskData
@@ -127,7 +127,7 @@ def test_a_judged_pair_is_asked_in_both_orders_and_averaged(tiny_model):
 
 def test_cache_dir_reaches_the_default_language_model(tiny_model, tmp_path, capsys, monkeypatch):
     asked = []
-    monkeypatch.setattr(lm, "smollm2_folder", lambda cache_dir: asked.append(cache_dir) or Path(tiny_model))
+    monkeypatch.setattr(models, "smollm2_folder", lambda cache_dir: asked.append(cache_dir) or Path(tiny_model))
     args = synthetic("lm-base", "smollm2", tmp_path / "out", "--cache-dir", str(tmp_path / "cache"))
     run(args, capsys)
     assert asked == [tmp_path / "cache"]

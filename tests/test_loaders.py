@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpo_bench.cards import load_task_card
-from gpo_bench.data import DataError
+from gpo_bench.errors import DataError
 from gpo_bench.loaders import load_task
 from gpo_bench.loaders.globalopinionqa import load_globalopinionqa, parse_selections
 from gpo_bench.loaders.opinionqa import load_opinionqa

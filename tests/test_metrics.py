@@ -3,7 +3,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-from gpo_bench.data import DataError
+from gpo_bench.errors import DataError
 from gpo_bench.metrics import accuracy, item_score, js_alignment, summarize, wasserstein_alignment
 
 

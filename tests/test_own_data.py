@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from gpo_bench.cards import TaskCard
-from gpo_bench.data import DataError
+from gpo_bench.errors import DataError
 from gpo_bench.loaders.survey import load_survey
 from gpo_bench.loaders.user_pairs import load_user_pairs
 

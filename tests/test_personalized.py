@@ -13,7 +13,7 @@ from personalized_fixtures import (
 )
 
 from gpo_bench.cards import load_task_card
-from gpo_bench.data import DataError
+from gpo_bench.errors import DataError
 from gpo_bench.loaders import LOADERS
 from gpo_bench.protocol import draw_episode, make_split
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpo_bench.cli import main
-from gpo_bench.plugins import INCLUDE_ENV
+from gpo_bench.discovery import INCLUDE_ENV
 
 SURVEY = "group,item,prompt,option,weight\n" + "".join(
     f"g{g},q{q},Question {q}?,{o},{(g * 7 + q * 3 + i) % 5 + (g % 2) * 4 * (i == 0)}\n"

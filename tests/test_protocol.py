@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from gpo_bench.data import DataError, Group, Item, TaskData
+from gpo_bench.data import Group, Item, TaskData
+from gpo_bench.errors import DataError
 from gpo_bench.protocol import draw_episode, split_groups
 
 COUNTRIES = [

@@ -17,7 +17,7 @@ from scipy.spatial.distance import jensenshannon
 
 from gpo_bench import leaderboard
 from gpo_bench.cli import main
-from gpo_bench.plugins import INCLUDE_ENV
+from gpo_bench.discovery import INCLUDE_ENV
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

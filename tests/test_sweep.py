@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gpo_bench import runner, sweep
-from gpo_bench.cards import CardError
 from gpo_bench.cli import main
+from gpo_bench.errors import CardError
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--tasks", "synthetic", "--methods", "uniform,population", "--shots", "0,5"]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 
 from ..cards import TaskCard
-from ..data import DataError
+from ..errors import DataError
 
 if TYPE_CHECKING:
     import datasets

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cards import TaskCard
-from ..data import DataError, Group, Item, TaskData, normalize
+from ..data import Group, Item, TaskData, normalize
+from ..errors import DataError
 from ..registry import LOADERS
 from .common import SOURCES, SourceFile, download_hub_file, from_hub, parse_literal, read_csv
 

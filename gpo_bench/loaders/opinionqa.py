@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from ..cards import TaskCard
-from ..data import DataError, Group, Item, TaskData, normalize
-from ..registry import LOADERS, unknown_name
+from ..data import Group, Item, TaskData, normalize
+from ..errors import DataError, unknown_name
+from ..registry import LOADERS
 from .common import check_count, no_source_error, parse_literal, read_csv, read_json, row_errors
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cards import TaskCard
-from ..data import DataError, Group, Item, TaskData
+from ..data import Group, Item, TaskData
+from ..errors import DataError
 from ..protocol import md5_seed
 from ..registry import LOADERS
 from .common import SOURCES, SourceFile, hub_rows, read_rows, row_errors

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cards import TaskCard
-from ..data import DataError, Group, Item, TaskData, normalize
+from ..data import Group, Item, TaskData, normalize
+from ..errors import DataError
 from ..registry import LOADERS
 from .common import is_blank, read_rows, source_file
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cards import TaskCard
-from ..data import DataError, TaskData
+from ..data import TaskData
+from ..errors import DataError
 from ..protocol import md5_seed
 from ..registry import LOADERS
 from .common import is_blank, read_rows, source_file

@@ -8,10 +8,12 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..cards import Limit
 from ..data import TaskData
 from ..features import Features
 from ..protocol import Episode, Split
@@ -37,6 +39,9 @@ class Method(abc.ABC):
     names the implementation and its settings."""
 
     needs_features: bool = False
+    # setting name → its type and range: a method card of this implementation may only set these (checked
+    # when the card is loaded and on each --set); a subclass extends its parent's with {**Parent.SETTINGS, ...}
+    SETTINGS: ClassVar[dict[str, Limit]] = {}
 
     def __init__(self, settings: dict, setup: Setup) -> None:
         self.settings = settings

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
+from ..cards import Limit
 from ..features import Features
 from ..metrics import item_score
 from ..protocol import Episode
@@ -52,6 +53,8 @@ class Population(SeenGroupsMixture):
 
 @METHODS.register("group-knn", "seen groups weighted by their agreement with the group on its context items")
 class GroupKnn(SeenGroupsMixture):
+    SETTINGS = {"min_shared": Limit(int, 1), "neighbors": Limit(int, 1), "temperature": Limit(float, 0, open_low=True)}
+
     def agreement(self, group: str, episode: Episode) -> float | None:
         """Mean score of the group's answers against the test group's on the context items both have; None
         where they share fewer than `min_shared` of them (fewer where K is smaller)."""
@@ -87,6 +90,8 @@ class GroupMix(SeenGroupsMixture):
     (renormalized over them), plus `prior` · KL(w ‖ equal), which pulls toward population. Given a list of
     priors, each episode takes the one whose cross-validated error over its own context items is lowest (ties:
     the strongest prior), so the pull adapts to how much the K shots can tell."""
+
+    SETTINGS = {"folds": Limit(int, 2), "prior": Limit(list, item=float, low=0)}
 
     def context_arrays(self, episode: Episode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`stack_answers` over the context items some seen group answered."""
@@ -217,6 +222,7 @@ def score_targets(features: Features, items: tuple[str, ...], w: np.ndarray) -> 
 
 @METHODS.register("head", "per-group softmax head on candidate embeddings, fitted on the K shots")
 class Head(Method):
+    SETTINGS = {"l2": Limit(float, 0)}
     needs_features = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
@@ -230,6 +236,7 @@ class Head(Method):
 
 @METHODS.register("knn", "kernel regression of the group's answers on the most similar context candidates")
 class Knn(Method):
+    SETTINGS = {"neighbors": Limit(int, 1), "temperature": Limit(float, 0, open_low=True)}
     needs_features = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:

@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..cards import Limit
 from ..files import write_atomic
 from ..metrics import item_score
 from ..protocol import Episode, derived_rng, draw_episode
@@ -463,6 +464,24 @@ def cpu_supports_bf16() -> bool:
 
 @METHODS.register("gpo", "Group Preference Optimization: meta-trained in-context transformer (ICLR 2024)")
 class GPO(Method):
+    SETTINGS = {
+        "bf16": Limit(bool),
+        "compile": Limit(bool),
+        "context_items": Limit(list, item=int, length=2, low=0),
+        "d_ff": Limit(int, 1),
+        "d_model": Limit(int, 1),
+        "eval_every": Limit(int, 1),
+        "groups_per_step": Limit(int, 1, nullable=True),
+        "heads": Limit(int, 1),
+        "layers": Limit(int, 1),
+        "lr": Limit(float, 0, open_low=True),
+        "max_steps": Limit(int, 1),
+        "mlp_depth": Limit(int, 1),
+        "patience": Limit(int, 1, nullable=True),
+        "target_items": Limit(list, item=int, length=2, low=1),
+        "tf32": Limit(bool),
+        "validation_shots": Limit(int, 0),
+    }
     needs_features = True
     batched_on_cpu = False  # the CUDA layout (and seeds trained together) on the CPU too: for tests
 

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..cards import Limit
 from ..data import Item
+from ..errors import unknown_name
 from ..lm import LETTERS, CausalLM, FittedPrompt
 from ..protocol import Episode
-from ..registry import METHODS, unknown_name
+from ..registry import METHODS
 from .base import Method, Setup
 
 ANSWER = "Answer:"
@@ -220,6 +222,16 @@ class LMMethod(Method):
     the conversation and `Response A` / `Response B`, asked in both orders and the two readings
     averaged (the probability of a response is the mean of its probability as A and as B)."""
 
+    # the keys every LM method card shares (`gpo_bench.lm.CausalLM` reads them)
+    SETTINGS = {
+        "batch_tokens": Limit(int, 1),
+        "chat_template": Limit(bool),
+        "dtype": Limit(str, choices=("auto", "float32", "bfloat16", "float16")),
+        "load_8bit": Limit(bool),
+        "max_length": Limit(int, 1, nullable=True),
+        "model": Limit(str),
+    }
+
     def __init__(self, settings: dict, setup: Setup) -> None:
         super().__init__(settings, setup)
         self.lm = CausalLM(settings, setup.device, setup.cache_dir)
@@ -318,6 +330,8 @@ class LMBase(LMMethod):
 
 @METHODS.register("lm-steered", "causal LM told who the group is (portray/bio/qa), or shown a user's earlier choices")
 class LMSteered(LMMethod):
+    SETTINGS = {**LMMethod.SETTINGS, "style": Limit(str, choices=STYLES)}
+
     def __init__(self, settings: dict, setup: Setup) -> None:
         if settings["style"] not in STYLES:
             raise unknown_name("steering style", settings["style"], list(STYLES))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..cards import Limit
 from ..lm import LETTERS, adapter_state, length_batches
 from ..protocol import Episode, derived_rng
 from ..registry import METHODS
@@ -67,12 +68,28 @@ def batch_indices(n: int, settings: dict, rng: np.random.Generator) -> list[list
     return batches
 
 
+# the keys of LoRA training shared by the fine-tuned methods (`CausalLM.adapter` and `train` read them)
+TRAINING_SETTINGS = {
+    "batch_size": Limit(int, 1),
+    "lora_alpha": Limit(float, 0, open_low=True),
+    "lora_dropout": Limit(float, 0, 1, open_high=True),
+    "lora_layers": Limit(int, 1, nullable=True),
+    "lora_r": Limit(int, 1),
+    "lora_targets": Limit(list, item=str),
+    "lr": Limit(float, 0, open_low=True),
+    "max_grad_norm": Limit(float, 0, open_low=True, nullable=True),
+    "steps": Limit(int, 1),
+}
+
+
 def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
 class PerGroupFineTuned(LMMethod):
     """Trains afresh for every test group (and K and seed) inside `predict_episode`."""
+
+    SETTINGS = {**LMMethod.SETTINGS, **TRAINING_SETTINGS}
 
     def group_rng(self, episode: Episode) -> tuple[int, np.random.Generator]:
         """The adapter's init seed and the batch RNG of this group, K and seed."""
@@ -115,6 +132,12 @@ class SFT(PerGroupFineTuned):
 
 @METHODS.register("in-context-finetune", "LoRA meta-trained on the meta-train groups' few-shot prompts, then few-shot")
 class InContextFinetune(FewShot):
+    SETTINGS = {
+        **FewShot.SETTINGS,
+        **TRAINING_SETTINGS,
+        "context_items": Limit(list, item=int, length=2, low=0),
+    }
+
     def __init__(self, settings: dict, setup: Setup) -> None:
         super().__init__(settings, setup)
         self.state: dict | None = None
@@ -170,6 +193,8 @@ class InContextFinetune(FewShot):
 
 @METHODS.register("reward-model", "LM with a LoRA adapter and a scalar head per test group, scoring each option")
 class RewardModel(PerGroupFineTuned):
+    SETTINGS = {**PerGroupFineTuned.SETTINGS, "head_lr": Limit(float, 0, open_low=True)}
+
     def option_prompts(self, item_id: str) -> list[list[int]]:
         """One prompt per option: the question, then `B. option` as the answer; for a preference pair the
         reward model's own input, the conversation with the response as the assistant's turn."""

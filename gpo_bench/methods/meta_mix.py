@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..cards import Limit
 from ..data import TaskData
 from ..protocol import Episode, draw_episode
 from ..registry import METHODS
@@ -91,6 +92,22 @@ class EpisodeTensors:
     "signed mixture of the seen groups ridge-fitted on the K shots plus a text-kernel residual, meta-trained",
 )
 class MetaMix(Method):
+    SETTINGS = {
+        "episode_targets": Limit(int, 1),
+        "eval_every": Limit(int, 1),
+        "floor": Limit(float, 0, 0.1, open_low=True),
+        "group_l2": Limit(float, 0),
+        "groups_per_step": Limit(int, 1, nullable=True),
+        "lr": Limit(float, 0, open_low=True),
+        "meta_train": Limit(bool),
+        "population_l2": Limit(float, 0),
+        "ridge": Limit(float, 0, open_low=True),
+        "steps": Limit(int, 1),
+        "temperature": Limit(float, 0, open_low=True),
+        "text_residual": Limit(bool),
+        "train_shots": Limit(list, item=int, low=0),
+        "validation_grid": Limit(list, item=int, low=0),
+    }
     needs_features = True
 
     def __init__(self, settings: dict, setup) -> None:

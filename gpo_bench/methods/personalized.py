@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..cards import Limit
 from ..protocol import Episode
 from ..registry import METHODS
 from .base import Method, item_softmax
@@ -15,6 +16,7 @@ from .baselines import fit_softmax_head, score_targets, stacked
 
 @METHODS.register("bt", "one Bradley-Terry reward model on embeddings, pooled over the seen users")
 class BradleyTerry(Method):
+    SETTINGS = {"l2": Limit(float, 0)}
     needs_features = True
 
     def fit(self) -> dict:
@@ -31,6 +33,13 @@ class BradleyTerry(Method):
 
 @METHODS.register("lore", "LoRe: low-rank reward basis from the seen users, per-user weights from the shots")
 class LoRe(Method):
+    SETTINGS = {
+        "l2": Limit(float, 0),
+        "lr": Limit(float, 0, open_low=True),
+        "rank": Limit(int, 1),
+        "steps": Limit(int, 1),
+        "user_l2": Limit(float, 0),
+    }
     needs_features = True
 
     def fit(self) -> dict:

@@ -1,12 +1,16 @@
-"""Bring your own tasks and methods without forking: include folders (`--include-path DIR`, repeatable, and
-`$GPO_BENCH_INCLUDE_PATH`, folders separated by `os.pathsep`) and installed packages' `gpo_bench.plugins`
-entry points.
+"""Discovery of everything the registries and cards come from, in one place: the built-in task and method
+cards, loaders and methods, then the users' own, which come without forking from include folders
+(`--include-path DIR`, repeatable, and `$GPO_BENCH_INCLUDE_PATH`, folders separated by `os.pathsep`) and
+installed packages' `gpo_bench.plugins` entry points.
 
 An include folder holds task cards in `tasks/*.yaml`, method cards in `baselines/*.yaml` and Python modules
 (`*.py`, not starting with `_`), each imported once so that its `@LOADERS.register` / `@METHODS.register`
 take effect. An entry point names a module of an installed package, imported the same way; the folder of
 that module may hold `tasks/` and `baselines/` too. `--include-path` is put into the environment, so the
-worker processes of a sweep see the same folders."""
+worker processes of a sweep see the same folders.
+
+`discover()` imports the built-ins and then every plugin module; the CLI, the Python API and each sweep worker
+call it before looking names up (loading a card calls it too). `card_paths` finds the cards by name."""
 
 from __future__ import annotations
 
@@ -18,13 +22,14 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
+from .errors import CardError, PluginError
+from .registry import LOADERS, METHODS
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CARD_KINDS = {"tasks": "task", "baselines": "method"}
 INCLUDE_ENV = "GPO_BENCH_INCLUDE_PATH"
 ENTRY_POINT_GROUP = "gpo_bench.plugins"
 _imported: set[str] = set()  # plugin files and entry points already imported in this process
-
-
-class PluginError(ValueError):
-    """An include folder or plugin that cannot be used; the message names the file or entry point."""
 
 
 def include_paths() -> list[Path]:
@@ -93,10 +98,11 @@ def _import_file(path: Path) -> None:
         raise _failure(str(path), path, error) from error
 
 
-def load() -> None:
+def discover() -> None:
     """Import the built-in loaders and methods, then every include-path module and plugin entry point not
     imported yet (a name registered twice is an error naming both files)."""
-    from . import loaders, methods  # noqa: F401  (built-ins first, so a clash names the plugin)
+    LOADERS.load_builtins()  # built-ins first, so a clash names the plugin
+    METHODS.load_builtins()
 
     for folder in include_paths():
         for path in sorted(folder.resolve().glob("*.py")):
@@ -111,3 +117,40 @@ def load() -> None:
                 entry.load()
             except Exception as error:
                 raise _failure(_describe(entry), None, error) from error
+
+
+def cards_dir(kind: str) -> Path:
+    """`tasks` or `baselines`: inside the installed wheel, else at the repository root."""
+    for candidate in (PACKAGE_DIR / "cards" / kind, PACKAGE_DIR.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    raise CardError(f"no {kind}/ card folder found next to {PACKAGE_DIR}")
+
+
+def card_paths(kind: str) -> dict[str, Path]:
+    """Card name → file (`kind`: tasks or baselines): the built-in cards, then those of the include folders and
+    plugins; a name found twice is an error naming both files."""
+    found = {p.stem: p for p in sorted(cards_dir(kind).glob("*.yaml"))}
+    for root, origin in card_roots():
+        for path in sorted((root / kind).glob("*.yaml")):
+            if path.stem in found:
+                raise CardError(
+                    f"{path} ({origin}) defines the {CARD_KINDS[kind]} card {path.stem!r}, "
+                    f"which {found[path.stem]} already defines; rename one (a card's name is its file name)"
+                )
+            found[path.stem] = path
+    return found
+
+
+def card_origin(path: str | Path) -> str:
+    """'built-in' for the package's own cards, else the card file's path."""
+    path = Path(path)
+    return "built-in" if path.parent == cards_dir(path.parent.name) else str(path)
+
+
+def task_names() -> list[str]:
+    return list(card_paths("tasks"))
+
+
+def method_names() -> list[str]:
+    return list(card_paths("baselines"))
