@@ -26,16 +26,16 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from . import methods  # noqa: F401  (registers the methods)
 from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
 from .data import TaskData
-from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec, resolve_device
+from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec
 from .errors import DataError
 from .features import build_features
 from .files import file_digest, folder_lock, remove_temp_files, write_atomic
 from .loaders import load_task
 from .methods.base import Setup
 from .metrics import CEILING_METHOD, ceiling_seed, group_table, item_score, sampling_ceiling, summarize
+from .models import resolve_device
 from .protocol import Episode, derived_rng, draw_episode, make_split, visible_task
 from .registry import METHODS
 from .stats import CI_METHOD, grand_mean

@@ -18,13 +18,23 @@ def modules() -> dict[str, Path]:
     return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
+def run_nodes(tree: ast.AST):
+    """Every node of the tree but those inside an `if TYPE_CHECKING:` block."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in [child, *run_nodes(child)])
+            continue
+        yield node
+        yield from run_nodes(node)
+
+
 def imported(name: str, path: Path, known: set[str]) -> set[str]:
     """The package modules that `name` imports anywhere in its file: `import gpo_bench.x`, `from . import x`
     (a module when x is one), `from .x import y`, plus the packages that importing a submodule runs first
-    (not those the importer already sits in)."""
+    (not those the importer already sits in). Imports under `if TYPE_CHECKING:` never run and are left out."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in run_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -83,6 +93,7 @@ def test_the_import_graph_sees_relative_function_level_and_package_imports():
     assert "gpo_bench.cards" in edges["gpo_bench.methods.base"]  # from ..cards import Limit
     assert "gpo_bench.methods" in edges["gpo_bench.runner"]  # importing methods.base runs the package first
     assert {"gpo_bench.methods.gpo", "gpo_bench.methods.baselines"} <= edges["gpo_bench.methods"]  # from . import x
+    assert "gpo_bench.methods.gpo.method" not in edges["gpo_bench.methods.gpo.training"]  # under TYPE_CHECKING
 
 
 def test_no_import_loop_in_the_package():
@@ -94,3 +105,4 @@ def test_the_bottom_layers_import_nothing_of_the_package():
     edges = graph()
     assert edges["gpo_bench.errors"] == set()
     assert edges["gpo_bench.registry"] <= {"gpo_bench.errors"}
+    assert edges["gpo_bench.models"] == set()
