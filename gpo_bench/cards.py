@@ -121,24 +121,25 @@ SPEC_LIMITS: dict[str, Limit] = {
 }
 
 
-def declared_settings(implementation: str, card_path: str | Path) -> dict[str, Limit]:
-    """The settings that the method implementation declares (`SETTINGS`: name → Limit); an unknown
-    implementation is a CardError naming the card."""
+def declared_settings(card: MethodCard) -> dict[str, Limit]:
+    """The settings that the card's method implementation declares (`SETTINGS`: name → Limit). This imports
+    the implementation (and so torch): the plugins are discovered first, and an unknown implementation is a
+    CardError naming the card."""
+    discover()
     try:
-        return getattr(METHODS.get(implementation), "SETTINGS", {})
+        return getattr(METHODS.get(card.implementation), "SETTINGS", {})
     except UnknownNameError as error:
-        raise CardError(f"{card_path}: field 'implementation': {error}") from None
+        raise CardError(f"{card.path}: field 'implementation': {error}") from None
 
 
-def check_setting(key: str, value: Any, where: str, card_value: Any, card_path: str | Path, implementation: str) -> Any:
-    """A setting's value checked against the Limit its method declares; `where` says where it came from (card
-    file or --set). A card from an include folder or plugin may bring settings of its own: those are typed by
-    the card's own value."""
-    declared = declared_settings(implementation, card_path)
+def check_setting(key: str, value: Any, where: str, card_value: Any, card: MethodCard, declared: dict) -> Any:
+    """A setting's value checked against the Limit its method declares (`declared`); `where` says where it came
+    from (card file or --set). A card from an include folder or plugin may bring settings of its own: those are
+    typed by the card's own value."""
     if key in declared:
         return declared[key].check(value, f"{where}: setting {key!r}")
-    if card_origin(card_path) == "built-in":
-        owner = METHODS.get(implementation)
+    if card_origin(card.path) == "built-in":
+        owner = METHODS.get(card.implementation)
         raise CardError(
             f"{where}: setting {key!r} has no declared type and range "
             f"(declare it in {owner.__module__}.{owner.__qualname__}.SETTINGS)"
@@ -225,11 +226,7 @@ class MethodCard:
 
     @classmethod
     def from_file(cls, path: Path) -> MethodCard:
-        card = _validate(read_yaml(path), METHOD_FIELDS, path)
-        declared_settings(card["implementation"], path)  # an unknown implementation names the card
-        for key, value in card["settings"].items():
-            check_setting(key, value, str(path), value, path, card["implementation"])
-        return cls(**card, path=str(path))
+        return cls(**_validate(read_yaml(path), METHOD_FIELDS, path), path=str(path))
 
 
 def read_yaml(path: Path) -> Any:
@@ -241,8 +238,6 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_task_card(name: str) -> TaskCard:
-    """The task card of that name (the plugins discovered first, since it may name a plugin's loader)."""
-    discover()
     paths = card_paths("tasks")
     if name not in paths:
         raise unknown_name("task", name, list(paths))
@@ -250,8 +245,6 @@ def load_task_card(name: str) -> TaskCard:
 
 
 def load_method_card(name: str) -> MethodCard:
-    """The method card of that name (the plugins discovered first, since it may name a plugin's method)."""
-    discover()
     paths = card_paths("baselines")
     if name not in paths:
         raise unknown_name("method", name, list(paths))
@@ -274,12 +267,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def apply_overrides(settings: dict, overrides: dict[str, Any], card: MethodCard) -> dict:
-    """A copy of the card's settings with overrides applied; an unknown key is an error."""
+    """A copy of the card's settings with overrides applied, each value (the card's and the overrides') checked
+    against what its method declares. An unknown key is an error, found before the method is imported."""
+    for key in overrides:
+        if key not in settings:
+            raise unknown_name(f"setting of method card {card.path}", key, list(settings))
+    declared = declared_settings(card)
+    for key, value in settings.items():  # checked as they stand: a card's values go into the run unchanged
+        check_setting(key, value, card.path, value, card, declared)
     merged = copy.deepcopy(settings)
     for key, value in overrides.items():
-        if key not in merged:
-            raise unknown_name(f"setting of method card {card.path}", key, list(merged))
-        merged[key] = check_setting(
-            key, value, f"--set {key}={value!r} ({card.path})", merged[key], card.path, card.implementation
-        )
+        where = f"--set {key}={value!r} ({card.path})"
+        merged[key] = check_setting(key, value, where, settings[key], card, declared)
     return merged

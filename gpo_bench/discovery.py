@@ -9,8 +9,9 @@ take effect. An entry point names a module of an installed package, imported the
 that module may hold `tasks/` and `baselines/` too. `--include-path` is put into the environment, so the
 worker processes of a sweep see the same folders.
 
-`discover()` imports the built-ins and then every plugin module; the CLI, the Python API and each sweep worker
-call it before looking names up (loading a card calls it too). `card_paths` finds the cards by name."""
+`discover()` imports the built-ins and then every plugin module; the CLI, the Python API, each sweep worker and
+every lookup of a card's loader or method implementation call it first (a second call imports nothing new).
+`card_paths` finds the cards by name."""
 
 from __future__ import annotations
 

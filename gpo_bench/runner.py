@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
 from .data import TaskData
+from .discovery import discover
 from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec
 from .errors import DataError
 from .features import build_features
@@ -68,6 +69,7 @@ class RunSpec:
         """The spec with card defaults filled in and card versions attached."""
         task_card = load_task_card(self.task)
         method_card = load_method_card(self.method)
+        discover()  # the card may name a plugin's method
         implementation = METHODS.get(method_card.implementation)
         encoder = EncoderSpec.parse(self.encoder or DEFAULT_ENCODER).label() if implementation.needs_features else None
         return {

@@ -95,6 +95,7 @@ class Grid:
     def seed_sets(self, method: str) -> list[tuple[int, ...]]:
         """The seeds of each of `method`'s runs: all of them in one run where the method trains several seeds
         at once (and `seeds_together` is on), else one run per seed."""
+        discover()  # the card may name a plugin's method
         if self.seeds_together and hasattr(METHODS.get(load_method_card(method).implementation), "fit_seeds"):
             return [self.seeds]
         return [(seed,) for seed in self.seeds]

@@ -1,6 +1,6 @@
 import pytest
 
-from gpo_bench.cards import MethodCard, TaskCard, load_method_card, load_task_card
+from gpo_bench.cards import MethodCard, TaskCard, apply_overrides, load_method_card, load_task_card
 from gpo_bench.discovery import method_names, task_names
 from gpo_bench.errors import CardError, UnknownNameError
 from gpo_bench.registry import METHODS
@@ -47,21 +47,27 @@ def test_unknown_setting_override_is_an_error():
 def test_a_setting_is_checked_against_what_its_method_declares(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("name: m\ndescription: x\nversion: 1\nimplementation: knn\nsettings: {neighbors: 0}\n")
+    card = MethodCard.from_file(path)  # the schema alone: no method is imported to load a card
     limit = METHODS.get("knn").SETTINGS["neighbors"]
     with pytest.raises(CardError, match=rf"m.yaml: setting 'neighbors' must be {limit.describe()}, got int 0"):
-        MethodCard.from_file(path)
+        apply_overrides(card.settings, {}, card)
     path.write_text("name: m\ndescription: x\nversion: 1\nimplementation: knn\nsettings: {neighbors: 3}\n")
-    assert MethodCard.from_file(path).settings == {"neighbors": 3}
+    card = MethodCard.from_file(path)
+    with pytest.raises(CardError, match=r"--set neighbors='3'.*must be an integer"):
+        apply_overrides(card.settings, {"neighbors": "3"}, card)
+    assert apply_overrides(card.settings, {"neighbors": 5}, card) == {"neighbors": 5}
 
 
 def test_every_built_in_card_sets_only_what_its_method_declares():
     for name in method_names():
         card = load_method_card(name)
         assert set(card.settings) <= set(METHODS.get(card.implementation).SETTINGS), name
+        assert apply_overrides(card.settings, {}, card) == card.settings
 
 
 def test_an_unknown_implementation_names_the_card(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("name: m\ndescription: x\nversion: 1\nimplementation: knnn\n")
+    card = MethodCard.from_file(path)
     with pytest.raises(CardError, match=r"m.yaml: field 'implementation': unknown method implementation 'knnn'"):
-        MethodCard.from_file(path)
+        apply_overrides(card.settings, {}, card)

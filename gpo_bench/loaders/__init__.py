@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..cards import TaskCard
 from ..data import TaskData
+from ..discovery import discover
 from ..registry import LOADERS
 from . import (  # noqa: F401  (registration)
     globalopinionqa,
@@ -33,6 +34,7 @@ def load_task(card: TaskCard, data_dir: Path | None) -> TaskData:
     card's whole content, not its file: a card changed in code (another `source`, say) is loaded anew."""
     key = (json.dumps(dataclasses.asdict(card), sort_keys=True, default=str), str(data_dir))
     if key not in _TASKS:
+        discover()  # the card may name a plugin's loader
         _TASKS[key] = LOADERS.get(card.loader)(card, data_dir)
         task = _TASKS[key]
         log.info("task %s: %d groups, %d items; dropped %s", card.name, len(task.groups), len(task.items), task.drops)
