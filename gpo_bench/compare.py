@@ -1,18 +1,20 @@
-"""`gpo-bench compare`: paired comparison of two methods over the very same episodes. Methods that share the
-data, split, seeds and K see the same context and targets for every (test group, seed), so their difference is
-measured per (group, seed) and bootstrapped jointly (`gpo_bench.stats.paired_difference`): far tighter than
-two unpaired CIs. Runs whose episodes differ are refused with a message that says what differs."""
+"""`gpo-bench compare`: paired comparison of two leaderboard rows (or two run folders) over the very same
+episodes. Methods that share the data, split, seeds and K see the same context and targets for every (test
+group, seed), so their difference is measured per (group, seed) and bootstrapped jointly
+(`aggregate.paired`): far tighter than two unpaired CIs. Sides with different seed sets are paired on their
+common seeds, saying so; sides whose episodes differ are refused with a message that says what differs. This
+module picks the sides and the K (`select`, `comparisons`) and formats the result (`describe`)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
+from .aggregate import CI_SEED, Comparison, paired
 from .data import DataError
-from .leaderboard import CI_SEED, OVERALL, Run, RunFileError, load_runs, paired, parse_run
+from .records import OVERALL, RunRecord
 
 
-def select(runs: list[Run], name: str, task: str, train_frac: float | None) -> list[Run]:
+def select(runs: list[RunRecord], name: str, task: str, train_frac: float | None) -> list[RunRecord]:
     """The runs of one leaderboard row on a task and meta-train fraction: the row labelled `name` (`method` or
     `method [variant]`), else the one row of method `name` (several: ambiguous, refused)."""
     mine = [r for r in runs if r.task == task and (train_frac is None or math.isclose(r.train_frac, train_frac))]
@@ -29,56 +31,44 @@ def select(runs: list[Run], name: str, task: str, train_frac: float | None) -> l
     return chosen
 
 
-def describe(label_a: str, label_b: str, a: list[Run], b: list[Run], shots: list[int] | None) -> str:
-    """The printed comparison: one line per K (and per seen/unseen subset where the runs have them)."""
-    available = sorted({k for r in a for k, s in r.per_seed if s == OVERALL} & {k for r in b for k, s in r.per_seed})
-    wanted = shots or available
-    if not wanted:
-        raise DataError("the two sides have no K in common with per-seed values (re-run them with this version)")
-    subsets = sorted({s for r in a for _, s in r.per_seed}, key=lambda s: s != OVERALL)
+def _shots(runs: list[RunRecord]) -> set[int]:
+    return {k for r in runs for k in r.shots()}
+
+
+def comparisons(a: list[RunRecord], b: list[RunRecord], shots: list[int] | None = None) -> list[Comparison]:
+    """A − B at each K in `shots` (default: every K both sides ran), overall and on each seen / unseen subset
+    side A has; a DataError naming the K each side ran where a requested K is missing."""
+    both = _shots(a) & _shots(b)
+    if shots:
+        if missing := [k for k in shots if k not in both]:
+            raise DataError(
+                f"K={missing} not run by both sides (A ran K={sorted(_shots(a))}, B ran K={sorted(_shots(b))})"
+            )
+    elif not both:
+        raise DataError(f"the two sides have no K in common (A ran K={sorted(_shots(a))}, B ran K={sorted(_shots(b))})")
+    subsets = sorted({s for r in a for _, s in r.per_group}, key=lambda s: s != OVERALL)
+    return [paired(a, b, k, subset) for k in (shots or sorted(both)) for subset in subsets]
+
+
+def describe(label_a: str, label_b: str, a: list[RunRecord], b: list[RunRecord], rows: list[Comparison]) -> str:
+    """The printed comparison: one line per K (and per seen/unseen subset where the runs have them), then what
+    was left out."""
     lines = [
         f"{a[0].task} · train {a[0].train_frac:.0%}: A = {label_a}, B = {label_b} ({a[0].metric}); "
         "paired over (test group, seed): same context and targets",
         f"{'K':>4} {'subset':>8} {'A':>7} {'B':>7} {'A − B':>8}  {'95% CI (paired)':>19}  {'P(A>B)':>6}  "
         f"{'groups A better/tied/worse':>26}  {'pairs':>5}",
     ]
-    for k in wanted:
-        for subset in subsets:
-            diff = paired(a, b, k, subset)
-            mean_a, mean_b = diff.mean_a, diff.mean_b
-            lines.append(
-                f"{k:>4} {subset:>8} {mean_a:7.4f} {mean_b:7.4f} {diff.mean:+8.4f}  "
-                f"[{diff.ci[0]:+.4f}, {diff.ci[1]:+.4f}]  {diff.probability_of_improvement:6.2f}  "
-                f"{f'{diff.wins}/{diff.ties}/{diff.losses}':>26}  {diff.n_pairs:>5}"
-            )
+    for row in rows:
+        diff = row.difference
+        lines.append(
+            f"{row.shots:>4} {row.subset:>8} {diff.mean_a:7.4f} {diff.mean_b:7.4f} {diff.mean:+8.4f}  "
+            f"[{diff.ci[0]:+.4f}, {diff.ci[1]:+.4f}]  {diff.probability_of_improvement:6.2f}  "
+            f"{f'{diff.wins}/{diff.ties}/{diff.losses}':>26}  {diff.n_pairs:>5}"
+        )
     lines.append(
         "CI: percentile bootstrap of the mean paired difference, resampling test groups and seeds jointly "
         f"(seed {CI_SEED}); P(A>B): rliable's probability of improvement (per group over seeds, ties half)."
     )
+    lines += [f"note: {note}" for note in dict.fromkeys(row.note for row in rows if row.note)]
     return "\n".join(lines)
-
-
-def compare_runs(
-    output_dir: Path,
-    task: str | None,
-    methods: tuple[str, str] | None,
-    run_folders: tuple[Path, Path] | None,
-    train_frac: float | None,
-    encoder: str | None,
-    shots: list[int] | None,
-) -> str:
-    """Resolve the two sides (two method rows of a task, or two run folders) and describe their comparison."""
-    if run_folders:
-        try:
-            a, b = ([parse_run(Path(folder))] for folder in run_folders)
-        except RunFileError as error:
-            raise DataError(str(error)) from None
-        if a[0].task != b[0].task:
-            raise DataError(f"cannot pair runs of different tasks ({a[0].task} and {b[0].task})")
-        return describe(a[0].row, b[0].row, a, b, shots)
-    if not task or not methods:
-        raise DataError("give --task and --methods A,B, or --runs FOLDER_A FOLDER_B")
-    runs, _ = load_runs(output_dir, [task], encoder)
-    a = select(runs, methods[0], task, train_frac)
-    b = select(runs, methods[1], task, a[0].train_frac)
-    return describe(a[0].row, b[0].row, a, b, shots)

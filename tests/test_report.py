@@ -15,12 +15,17 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from gpo_bench import leaderboard
+import gpo_bench as gb
 from gpo_bench.cli import main
 from gpo_bench.plugins import INCLUDE_ENV
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def build(root, tasks=None, encoder=None, shots=None, versus=None):
+    """The board `gpo-bench leaderboard` writes for `root`, through the Python API."""
+    return gb.leaderboard(gb.load_runs(root, task=tasks, encoder=encoder), shots, versus)
 
 
 def data_file(site: Path, relative: str) -> object:
@@ -58,7 +63,7 @@ def test_board_matches_the_leaderboard_and_predictions_are_rescored_independentl
     index = data_file(site, "data/index.js")
     assert [t["task"] for t in index["tasks"]] == ["example_survey", "synthetic"]
     task = data_file(site, index["tasks"][1]["file"])
-    board = leaderboard.build(results, ["synthetic"], shots=5)
+    board = build(results, ["synthetic"], shots=5)
     for (row, column), stats in board.cells.items():
         shown = [r for r in task["board"] if r["method"] == row and r["shots"] == 5 and r["subset"] == column.subset]
         assert len(shown) == 1 and shown[0]["mean"] == pytest.approx(stats.mean, abs=1e-6)
