@@ -15,11 +15,11 @@ __all__ = [
     "Runs",
     "compare",
     "leaderboard",
+    "list_methods",
+    "list_tasks",
     "load_runs",
-    "methods",
     "read_run",
     "run",
-    "tasks",
 ]
 
 

@@ -3,8 +3,8 @@
 `run` runs one method on one task (or reuses the finished run) and returns its `RunRecord`; `load_runs` reads
 the finished runs of a folder back as the same records (`Runs`, with `.to_frame()`); `leaderboard` computes the
 board of a list of records (`Board`, with `to_markdown()`, `to_csv()`, `to_html()`); `compare` pairs two rows
-over the episodes they share and returns one `Comparison` per K and subset; `tasks` and `methods` name what is
-installed. See docs/python-api.md."""
+over the episodes they share and returns one `Comparison` per K and subset; `list_tasks` and `list_methods`
+name what is installed (not `methods`: that name is the package `gpo_bench.methods`). See docs/python-api.md."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 from .aggregate import Comparison
 from .board import Board, build_board
-from .compare import comparisons, select
 from .data import DataError
+from .pairing import comparisons, select
 from .records import RunRecord, Runs, read_record
 from .records import load_runs as _load_runs
 
 
-def tasks() -> dict[str, str]:
+def list_tasks() -> dict[str, str]:
     """Task card name → its description (built-in cards, and those of any --include-path / plugin)."""
     from .cards import load_task_card, task_names
     from .plugins import load as load_plugins
@@ -28,7 +28,7 @@ def tasks() -> dict[str, str]:
     return {name: load_task_card(name).description for name in task_names()}
 
 
-def methods() -> dict[str, str]:
+def list_methods() -> dict[str, str]:
     """Method card name → its description."""
     from .cards import load_method_card, method_names
     from .plugins import load as load_plugins
@@ -112,7 +112,7 @@ class Pairing:
     comparisons: list[Comparison]
 
     def __str__(self) -> str:
-        from .compare import describe
+        from .pairing import describe
 
         return describe(self.a, self.b, self.runs_a, self.runs_b, self.comparisons)
 
@@ -164,9 +164,9 @@ __all__ = [
     "Runs",
     "compare",
     "leaderboard",
+    "list_methods",
+    "list_tasks",
     "load_runs",
-    "methods",
     "read_run",
     "run",
-    "tasks",
 ]

@@ -46,7 +46,7 @@ def test_run_load_runs_and_leaderboard_match_the_command_line(data_dir, tmp_path
     assert at_five == result["metrics"]["5"]["alignment"]["per_group"]
     predictions = record.predictions()
     assert set(predictions.shots) == {0, 5} and len(predictions) == result["predictions"]["lines"]
-    assert set(gb.tasks()) >= {"opinionqa", "globalopinionqa"} and "population" in gb.methods()
+    assert set(gb.list_tasks()) >= {"opinionqa", "globalopinionqa"} and "population" in gb.list_methods()
 
 
 def test_a_run_then_a_sweep_with_other_k_and_seeds_aggregates_everywhere(data_dir, tmp_path, capsys):
@@ -61,7 +61,7 @@ def test_a_run_then_a_sweep_with_other_k_and_seeds_aggregates_everywhere(data_di
     assert main(["leaderboard", "--output-dir", str(tmp_path)]) == 0
     markdown = (tmp_path / "leaderboard.md").read_text()
     row = {line.split(" | ")[0].strip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
-    assert "K=20" in markdown and "| — |" in row["uniform"]  # uniform never ran K = 20: its cell is left out
+    assert "K=20 (alignment)" in markdown and "uniform" not in row  # uniform never ran K = 20: left out
     table = np.array([[v for _, v in sorted(g.items())] for _, g in sorted(first.per_seed[(20, "overall")].items())])
     assert f"{table.mean():.3f} [" in row["population"]  # K = 20: the first run's three seeds alone
     assert "no run of uniform has K=20; left out of the column" in markdown

@@ -1,6 +1,6 @@
-"""`gpo-bench compare`: paired comparison of two leaderboard rows (or two run folders) over the very same
-episodes. Methods that share the data, split, seeds and K see the same context and targets for every (test
-group, seed), so their difference is measured per (group, seed) and bootstrapped jointly
+"""Paired comparison of two leaderboard rows (or two run folders), for `gpo-bench compare` and `gb.compare`,
+over the very same episodes. Methods that share the data, split, seeds and K see the same context and targets
+for every (test group, seed), so their difference is measured per (group, seed) and bootstrapped jointly
 (`aggregate.paired`): far tighter than two unpaired CIs. Sides with different seed sets are paired on their
 common seeds, saying so; sides whose episodes differ are refused with a message that says what differs. This
 module picks the sides and the K (`select`, `comparisons`) and formats the result (`describe`)."""
