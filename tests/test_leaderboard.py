@@ -5,6 +5,7 @@ reported and skipped, and the HTML holds the same numbers as the CSV."""
 import csv
 import json
 import logging
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -292,3 +293,40 @@ def test_references_only_join_columns_of_their_metric(tmp_path, metric, shown):
         assert "| GPO · Skywork-Reward-Llama-3.1-8B, *reported by the paper* [3] | — | — | 0.642 |" in markdown
     else:
         assert rows == {}
+
+
+def test_a_missing_k_or_versus_is_an_error_naming_what_exists(tmp_path, capsys):
+    opinion_runs(tmp_path)
+    out = ["--output-dir", str(tmp_path)]
+    assert main(["leaderboard", *out, "--shots", "7"]) == 2
+    assert "no runs have K=7 (runs have K=[0, 5, 20])" in capsys.readouterr().err
+    assert main(["plot", "groups", "--task", "opinionqa", *out, "--shots", "7"]) == 2
+    assert "have K=7 (runs have K=[0, 5, 20])" in capsys.readouterr().err
+    assert main(["compare", "--task", "opinionqa", "--methods", "population,uniform", *out, "--shots", "7"]) == 2
+    assert "K=[7] not run by both sides (A ran K=[0, 5, 20], B ran K=[0, 5, 20])" in capsys.readouterr().err
+    assert main(["leaderboard", *out, "--versus", "nosuch"]) == 2
+    assert "--versus 'nosuch' names no row; rows: population, uniform" in capsys.readouterr().err
+    assert not (tmp_path / "leaderboard.md").exists()
+    assert main(["leaderboard", *out, "--versus", "uniform"]) == 0
+    paired = (tmp_path / "leaderboard.md").read_text().split("## Paired differences")[1]
+    assert "K=20 (alignment) vs uniform" in paired and re.search(r"\| population \|.* \+0\.\d{3} \[", paired)
+
+
+def test_failed_and_unfinished_run_folders_are_named_where_they_are_skipped(tmp_path, caplog):
+    opinion_runs(tmp_path)
+    failed = tmp_path / "runs" / "opinionqa--gpo--failed"
+    failed.mkdir()
+    (failed / "error.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+    unfinished = tmp_path / "runs" / "opinionqa--head--running"
+    unfinished.mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert main(["leaderboard", "--output-dir", str(tmp_path)]) == 0
+        assert main(["report", "--output-dir", str(tmp_path)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for message in (
+        f"skipped run folder {failed}: the run failed (RuntimeError: out of memory)",
+        f"skipped run folder {unfinished}: unfinished (no result.json yet)",
+    ):
+        assert warnings.count(message) == 2  # once by the leaderboard, once by the report
+        assert message in (tmp_path / "leaderboard.md").read_text()
+        assert json.dumps(message)[1:-1] in (tmp_path / "report" / "data" / "index.js").read_text()
