@@ -8,7 +8,7 @@ name what is installed (not `methods`: that name is the package `gpo_bench.metho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .aggregate import Comparison
@@ -76,7 +76,8 @@ def run(
     output_dir = Path(output_dir)
     cache = None if cache_dir is None else Path(cache_dir)
     result = execute(spec, resolve_data_dir(data_dir), output_dir, device, force, resume, cache)
-    return read_record(output_dir / "runs" / run_id(result["spec"]))
+    record = read_record(output_dir / "runs" / run_id(result["spec"]))
+    return replace(record, reused=bool(result.get("reused")))
 
 
 def load_runs(

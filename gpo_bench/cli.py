@@ -167,22 +167,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     data_dir = resolve_data_dir(args.data_dir)
     load_task(load_task_card(args.task), data_dir)  # a missing source is reported before torch loads
-    from .runner import RunSpec, execute, run_id
+    from . import api
 
-    spec = RunSpec(
-        task=args.task,
-        method=args.method,
-        encoder=args.encoder,
+    record = api.run(
+        args.task,
+        args.method,
+        data_dir=data_dir,
         shots=args.shots,
         seeds=args.seeds,
         train_frac=args.train_frac,
+        settings=parse_overrides(args.set),
+        output_dir=args.output_dir,
+        encoder=args.encoder,
         split_seed=args.split_seed,
         limit_items=args.limit_items,
-        overrides=parse_overrides(args.set),
+        device=args.device,
+        force=args.force,
+        resume=args.resume,
+        cache_dir=args.cache_dir,
     )
-    result = execute(spec, data_dir, args.output_dir, args.device, args.force, args.resume, args.cache_dir)
-    result["run_folder"] = str(args.output_dir / "runs" / run_id(result["spec"]))
-    if result.get("reused"):
+    result = {**record.result(), "run_folder": str(record.folder)}
+    if record.reused:
         print(f"reused the finished run {result['run_folder']} (pass --force to run it again)")
     print_table(result)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class RunRecord:
     per_seed: dict[tuple[int, str], dict[int, dict[str, float]]]  # (K, subset) → seed → group → value
     reference: dict[int, dict]  # K → result.json's floor / ceiling block of the overall cell
     episodes: str  # what fixes the episodes besides seed and K: data, split, split seed, item limit
+    reused: bool = field(default=False, compare=False)  # `api.run` found this run finished and did not run it
 
     @property
     def row(self) -> str:
