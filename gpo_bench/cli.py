@@ -154,22 +154,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     data_dir = resolve_data_dir(args.data_dir)
     load_task(load_task_card(args.task), data_dir)  # a missing source is reported before torch loads
-    from .runner import RunSpec, execute, run_id
+    from . import api
 
-    spec = RunSpec(
-        task=args.task,
-        method=args.method,
-        encoder=args.encoder,
+    record = api.run(
+        args.task,
+        args.method,
+        data_dir=data_dir,
         shots=args.shots,
         seeds=args.seeds,
         train_frac=args.train_frac,
+        settings=parse_overrides(args.set),
+        output_dir=args.output_dir,
+        encoder=args.encoder,
         split_seed=args.split_seed,
         limit_items=args.limit_items,
-        overrides=parse_overrides(args.set),
+        device=args.device,
+        force=args.force,
+        resume=args.resume,
+        cache_dir=args.cache_dir,
     )
-    result = execute(spec, data_dir, args.output_dir, args.device, args.force, args.resume, args.cache_dir)
-    result["run_folder"] = str(args.output_dir / "runs" / run_id(result["spec"]))
-    if result.get("reused"):
+    result = {**record.result(), "run_folder": str(record.folder)}
+    if record.reused:
         print(f"reused the finished run {result['run_folder']} (pass --force to run it again)")
     print_table(result)
     return 0
@@ -216,48 +221,47 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from . import leaderboard
+    from . import api
 
-    board = leaderboard.build(args.output_dir, args.task, args.encoder, args.shots, args.versus)
-    if not board.rows:
+    runs = api.load_runs(args.output_dir, task=args.task, encoder=args.encoder)
+    if not runs:
         print(f"gpo-bench: no finished runs under {args.output_dir / 'runs'} match", file=sys.stderr)
         return 1
-    for path in leaderboard.write(board, args.output_dir):
+    board = api.leaderboard(runs, args.shots, args.versus)
+    for path in board.write(args.output_dir):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs
+    from . import api
 
-    methods = None
-    if args.methods is not None:
-        if len(args.methods) != 2:
-            raise DataError(
-                f"--methods takes exactly two names (A,B), got {len(args.methods)}: {','.join(args.methods)}"
-            )
-        methods = (args.methods[0], args.methods[1])
-    print(
-        compare_runs(
-            args.output_dir,
-            args.task,
-            methods,
-            tuple(args.runs) if args.runs else None,
-            args.train_frac,
-            args.encoder,
-            list(args.shots) if args.shots else None,
-        )
-    )
+    shots = list(args.shots) if args.shots else None
+    if args.runs:
+        print(api.compare([], api.read_run(args.runs[0]), api.read_run(args.runs[1]), shots=shots))
+        return 0
+    if not args.task or args.methods is None:
+        raise DataError("give --task and --methods A,B, or --runs FOLDER_A FOLDER_B")
+    if len(args.methods) != 2:
+        raise DataError(f"--methods takes exactly two names (A,B), got {len(args.methods)}: {','.join(args.methods)}")
+    runs = api.load_runs(args.output_dir, task=args.task, encoder=args.encoder)
+    a, b = args.methods
+    print(api.compare(runs, a, b, task=args.task, train_frac=args.train_frac, shots=shots))
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from . import plots
+    from . import api, plots
 
+    tasks = list(args.task) if args.kind == "shots" and args.task else [args.task] if args.kind == "groups" else None
+    runs = api.load_runs(args.output_dir, task=tasks, method=args.methods, encoder=args.encoder)
+    plots.check_runs(runs, args.output_dir, tasks)
     if args.kind == "shots":
-        paths = plots.plot_shots(args.output_dir, args.task, args.train_frac, args.encoder, args.methods)
+        paths, notes = plots.plot_shots(runs, args.output_dir, tasks, args.train_frac)
     else:
-        paths = plots.plot_groups(args.output_dir, args.task, args.shots, args.train_frac, args.encoder, args.methods)
+        paths, notes = plots.plot_groups(runs, args.output_dir, args.task, args.shots, args.train_frac)
+    for note in notes:
+        print(f"note: {note}")
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -274,9 +278,10 @@ class CommonFlags:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report
+    from . import api, report
 
-    index = report.write_report(args.output_dir, args.report_dir)
+    runs = api.load_runs(args.output_dir)
+    index = report.write_report(runs, args.output_dir, args.report_dir, runs.skipped)
     print(f"wrote {index} (open it in a browser; no network needed)", flush=True)
     if args.serve is not None:
         report.serve(index.parent, args.serve)

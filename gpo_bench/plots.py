@@ -1,8 +1,9 @@
 """`gpo-bench plot shots` (headline metric against K per method, 95% bootstrap CI bands, one panel per task,
 published points as stars) and `gpo-bench plot groups` (per-group values of each method on one task, with
-CI bars). They read only the run folders, aggregate exactly as the leaderboard does
-(`leaderboard.cell_stats` / `group_stats`), and write PNG and SVG under `<output>/plots/` with the Agg
-backend, the Okabe–Ito colour-blind-safe palette and the legend outside the data."""
+CI bars). They draw run records (`records.load_runs`) with the board's own cells (`board.column_cells`, one per K, and
+`aggregate.group_stats`), so a point is the leaderboard's cell, and write PNG and SVG under `<output>/plots/`
+with the Agg backend, the Okabe–Ito colour-blind-safe palette and the legend outside the data. Rows without
+a run at a K are left out there, and the returned notes say so."""
 
 from __future__ import annotations
 
@@ -14,20 +15,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
-from .cards import load_task_card
-from .errors import DataError, UnknownNameError
-from .leaderboard import (
-    OVERALL,
-    REPORTED,
-    Run,
-    cell_stats,
-    column_bounds,
-    group_metric,
-    group_stats,
-    load_references,
-    load_runs,
-    pick_shots,
-)
+from .aggregate import group_stats
+from .board import check_shots, column_cells, group_cells, pick_shots, pick_train_frac
+from .errors import DataError
+from .records import OVERALL, RunRecord, group_metric
+from .references import Column, load_references
+from .render import REPORTED
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<")
@@ -52,37 +45,14 @@ def _style(rows: list[str]) -> dict[str, dict]:
     }
 
 
-def _runs(output_dir: Path, tasks: list[str] | None, encoder: str | None, methods: list[str] | None) -> list[Run]:
-    runs, _ = load_runs(output_dir, tasks, encoder)
-    runs = [r for r in runs if not methods or r.method in methods]
+def check_runs(runs: list[RunRecord], where: Path, tasks: list[str] | None) -> None:
+    """A DataError where there is nothing to draw, or a requested task has no runs."""
     if not runs:
         wanted = f" for tasks {', '.join(tasks)}" if tasks else ""
-        raise DataError(f"no finished runs under {output_dir / 'runs'}{wanted} match; run `gpo-bench sweep` first")
+        raise DataError(f"no finished runs under {where / 'runs'}{wanted} match; run `gpo-bench sweep` first")
     missing = sorted(set(tasks or ()) - {r.task for r in runs})
     if missing:
-        raise DataError(f"no finished runs of task(s) {', '.join(missing)} under {output_dir / 'runs'}")
-    return runs
-
-
-def _train_frac(task: str, runs: list[Run], requested: float | None) -> float:
-    """The requested fraction, else the task card's where it was run, else the smallest one run."""
-    available = sorted({r.train_frac for r in runs if r.task == task})
-    if requested is not None:
-        if not any(math.isclose(requested, f) for f in available):
-            raise DataError(f"task {task}: no runs with train fraction {requested} (runs have {available})")
-        return requested
-    try:
-        default = load_task_card(task).train_frac
-    except UnknownNameError:  # runs of a task whose card is gone
-        return available[0]
-    return default if any(math.isclose(default, f) for f in available) else available[0]
-
-
-def _shots(runs: list[Run], requested: int | None) -> int:
-    available = set().union(*(r.shots() for r in runs))
-    if requested is not None and requested not in available:
-        raise DataError(f"no runs have K={requested} (runs have K={sorted(available)})")
-    return pick_shots(available, requested)
+        raise DataError(f"no finished runs of task(s) {', '.join(missing)} under {where / 'runs'}")
 
 
 def _save(fig: Figure, name: str, output_dir: Path) -> list[Path]:
@@ -107,37 +77,31 @@ def _legend_outside(fig: Figure, axes: list) -> None:
 
 
 def plot_shots(
-    output_dir: Path,
-    tasks: list[str] | None = None,
-    train_frac: float | None = None,
-    encoder: str | None = None,
-    methods: list[str] | None = None,
-) -> list[Path]:
-    """Write the shot-scaling figure as PNG and SVG under `output_dir/plots/`; return their paths."""
-    return _save(*shots_figure(output_dir, tasks, train_frac, encoder, methods), output_dir)
+    runs: list[RunRecord], output_dir: Path, tasks: list[str] | None = None, train_frac: float | None = None
+) -> tuple[list[Path], list[str]]:
+    """Write the shot-scaling figure as PNG and SVG under `output_dir/plots/`; return their paths and the notes."""
+    fig, name, notes = shots_figure(runs, tasks, train_frac)
+    return _save(fig, name, output_dir), notes
 
 
 def plot_groups(
+    runs: list[RunRecord],
     output_dir: Path,
     task: str,
     shots: int | None = None,
     train_frac: float | None = None,
-    encoder: str | None = None,
-    methods: list[str] | None = None,
-) -> list[Path]:
-    """Write the per-group figure as PNG and SVG under `output_dir/plots/`; return their paths."""
-    return _save(*groups_figure(output_dir, task, shots, train_frac, encoder, methods), output_dir)
+) -> tuple[list[Path], list[str]]:
+    """Write the per-group figure as PNG and SVG under `output_dir/plots/`; return their paths and the notes."""
+    fig, name, notes = groups_figure(runs, task, shots, train_frac)
+    return _save(fig, name, output_dir), notes
 
 
 def shots_figure(
-    output_dir: Path,
-    tasks: list[str] | None = None,
-    train_frac: float | None = None,
-    encoder: str | None = None,
-    methods: list[str] | None = None,
-) -> tuple[Figure, str]:
-    """Headline metric against K for every method, one panel per task; the figure and its file name."""
-    runs = _runs(output_dir, tasks, encoder, methods)
+    runs: list[RunRecord], tasks: list[str] | None = None, train_frac: float | None = None
+) -> tuple[Figure, str, list[str]]:
+    """Headline metric against K for every row, one panel per task; the figure, its file name and notes on what
+    was left out."""
+    notes = []
     tasks = list(tasks or sorted({r.task for r in runs}))
     style = _style(sorted({r.row for r in runs}))
     references = load_references()
@@ -145,19 +109,22 @@ def shots_figure(
     axes = list(fig.subplots(1, len(tasks), squeeze=False)[0])
     cited = {}
     for ax, task in zip(axes, tasks, strict=True):
-        frac = _train_frac(task, runs, train_frac)
+        frac = pick_train_frac(task, runs, train_frac)
         task_runs = [r for r in runs if r.task == task and math.isclose(r.train_frac, frac)]
         all_shots = sorted(set().union(*(r.shots() for r in task_runs)))
-        for row in sorted({r.row for r in task_runs}):
-            row_runs = [r for r in task_runs if r.row == row]
-            points = [(k, s) for k in all_shots if (s := cell_stats(row_runs, k)) is not None]
+        by_row = next(rows for column, rows in group_cells(task_runs).items() if column.subset == OVERALL)
+        by_shots = {k: column_cells(by_row, Column(task, frac), k) for k in all_shots}
+        for row in sorted(by_row):
+            points = [(k, by_shots[k][1][row]) for k in all_shots if row in by_shots[k][1]]
+            if missing := [k for k in all_shots if row not in by_shots[k][1]]:
+                notes.append(f"{task} · train {frac:.0%}: {row} has no run at K={missing}; those points left out")
             ks = [k for k, _ in points]
             look = style[row]
             ax.plot(ks, [s.mean for _, s in points], label=row, linewidth=1.8, markersize=5, **look)
             ax.fill_between(
                 ks, [s.ci[0] for _, s in points], [s.ci[1] for _, s in points], color=look["color"], alpha=0.12, lw=0
             )
-        ceiling = [(k, b.ceiling) for k in all_shots if (b := column_bounds(task_runs, k)) and b.ceiling is not None]
+        ceiling = [(k, b.ceiling) for k in all_shots if (b := by_shots[k][0]) and b.ceiling is not None]
         if ceiling:
             ax.plot(
                 [k for k, _ in ceiling],
@@ -209,27 +176,26 @@ def shots_figure(
     fig.suptitle("Shot scaling", fontweight="bold")
     fig.text(0.0, -0.02, caption, ha="left", va="top", fontsize=7.5, wrap=True)
     name = "shots-" + "+".join(tasks) + (f"-train{train_frac}" if train_frac is not None else "")
-    return fig, name
+    return fig, name, notes
 
 
 def groups_figure(
-    output_dir: Path,
-    task: str,
-    shots: int | None = None,
-    train_frac: float | None = None,
-    encoder: str | None = None,
-    methods: list[str] | None = None,
-) -> tuple[Figure, str]:
-    """Per test group: each method's mean over runs with its 95% bootstrap CI over runs (seeds)."""
-    runs = _runs(output_dir, [task], encoder, methods)
-    frac = _train_frac(task, runs, train_frac)
+    runs: list[RunRecord], task: str, shots: int | None = None, train_frac: float | None = None
+) -> tuple[Figure, str, list[str]]:
+    """Per test group: each row's mean over runs with its 95% bootstrap CI over runs (seeds); the figure, its
+    file name and notes on the rows left out (no run at K)."""
+    runs = [r for r in runs if r.task == task]
+    frac = pick_train_frac(task, runs, train_frac)
     runs = [r for r in runs if math.isclose(r.train_frac, frac)]
-    k = _shots(runs, shots)
-    rows = sorted({r.row for r in runs})
+    check_shots(runs, shots, f" of {task} at train fraction {frac}")
+    k = pick_shots(set().union(*(r.shots() for r in runs)), shots)
+    every = {row: group_stats([r for r in runs if r.row == row], k) for row in sorted({r.row for r in runs})}
+    stats = {row: per_group for row, per_group in every.items() if per_group}
+    notes = [f"{task} · train {frac:.0%}: {row} has no run at K={k}; left out" for row in every if row not in stats]
+    rows = list(stats)
     style = _style(rows)
-    stats = {row: group_stats([r for r in runs if r.row == row], k) for row in rows}
-    groups = sorted(
-        {g for per_group in stats.values() for g in per_group},
+    groups = sorted(  # by name first: groups of equal means keep one order (a set's order changes per process)
+        sorted({g for per_group in stats.values() for g in per_group}),
         key=lambda g: sum(s[g].mean for s in stats.values() if g in s) / sum(g in s for s in stats.values()),
     )
     fig = Figure(figsize=(8.5, 1.2 + 0.22 * len(groups) * max(2, len(rows)) ** 0.7), layout="constrained")
@@ -267,4 +233,4 @@ def groups_figure(
         fontsize=7.5,
         wrap=True,
     )
-    return fig, f"groups-{task}-K{k}" + (f"-train{train_frac}" if train_frac is not None else "")
+    return fig, f"groups-{task}-K{k}" + (f"-train{train_frac}" if train_frac is not None else ""), notes

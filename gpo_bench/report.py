@@ -4,9 +4,10 @@
 The site is one page (`index.html`, `app.js`, `style.css`, shipped in `gpo_bench/report_assets/`; no network,
 no CDN) that loads its data lazily from small JavaScript files under `data/` (JSONP-style, so it works over
 `file://` as well as over HTTP): `index.js` (the tasks), one file per task (the board of every method × K ×
-train fraction × subset with the leaderboard's mean and CI and any further statistic the leaderboard's
-`cell_stats` gives, the group × method tables, the runs), the items' texts per task, one file per run (its
-result.json) and its predictions, one file per (K, seed). Plots are the `gpo-bench plot` figures, as SVG.
+train fraction × subset: the leaderboard's own cells and paired differences, `board.column_cells` and
+`board.column_differences` at every K, the group × method tables, the runs), the items' texts per task, one
+file per run (its result.json) and its predictions, one file per (K, seed). Plots are the `gpo-bench plot`
+figures, as SVG.
 A run's files are rewritten only when its run folder changed, so the report of thousands of runs is quick to
 refresh."""
 
@@ -25,20 +26,12 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from .aggregate import group_stats
+from .board import column_cells, column_differences, column_order, group_cells
 from .errors import DataError
 from .files import write_atomic
-from .leaderboard import (
-    OVERALL,
-    SIMPLE_BASELINES,
-    Run,
-    cell_stats,
-    column_bounds,
-    group_metric,
-    group_stats,
-    load_runs,
-    paired,
-)
 from .metrics import item_score
+from .records import OVERALL, RunRecord, group_metric
 
 log = logging.getLogger(__name__)
 
@@ -75,54 +68,36 @@ def _stats(stats) -> dict:
     return out
 
 
-def add_paired_differences(board: list[dict], cells: dict[tuple[str, float, str], list[Run]]) -> None:
-    """Each board row's paired difference to the strongest simple baseline of its (train fraction, users, K),
-    over the same episodes (as the leaderboard's), where the runs can be paired."""
-    by_column: dict[tuple, list[dict]] = defaultdict(list)
-    for entry in board:
-        by_column[(entry["train_frac"], entry["subset"], entry["shots"])].append(entry)
-    for (frac, subset, shots), entries in by_column.items():
-        baselines = [e for e in entries if e["method"].partition(" [")[0] in SIMPLE_BASELINES]
-        if not baselines:
-            continue
-        best = max(baselines, key=lambda e: e["mean"])
-        for entry in entries:
-            if entry is best:
-                continue
-            try:
-                diff = paired(
-                    cells[(entry["method"], frac, subset)], cells[(best["method"], frac, subset)], shots, subset
-                )
-            except DataError:
-                continue
-            entry["minus_best_baseline"] = round(diff.mean, 6)
-            entry["paired_ci"] = [round(diff.ci[0], 6), round(diff.ci[1], 6)]
-            entry["best_baseline"] = best["method"]
-
-
-def task_board(runs: list[Run]) -> tuple[list[dict], list[dict]]:
-    """Board rows (row × train fraction × subset × K, aggregated like the leaderboard) and the group ×
-    method tables (one per train fraction × K, overall)."""
-    cells: dict[tuple[str, float, str], list[Run]] = defaultdict(list)
-    for run in runs:
-        for subset in {s for _, s in run.per_group}:
-            cells[(run.row, run.train_frac, subset)].append(run)
+def task_board(runs: list[RunRecord]) -> tuple[list[dict], list[dict]]:
+    """Board rows (row × train fraction × subset × K: the leaderboard's cell and paired difference to the
+    column's strongest simple baseline at every K) and the group × method tables (one per train fraction × K,
+    overall)."""
     board = []
-    for (row, frac, subset), cell_runs in sorted(cells.items()):
-        column_runs = [r for r in runs if math.isclose(r.train_frac, frac)]
-        for shots in sorted(set().union(*(r.shots(subset) for r in cell_runs))):
-            stats = cell_stats(cell_runs, shots, subset)
-            bounds = column_bounds(column_runs, shots) if subset == OVERALL else None
-            if stats is not None and bounds is not None and (headroom := bounds.headroom(stats.mean)) is not None:
-                stats = dataclasses.replace(stats, headroom=headroom)
-            if stats is not None:
+    for column, by_row in sorted(group_cells(runs).items(), key=lambda item: column_order(item[0])):
+        for shots in sorted(set().union(*(r.shots(column.subset) for rs in by_row.values() for r in rs))):
+            _, cells, _ = column_cells(by_row, column, shots)
+            against, differences, _ = column_differences(by_row, column, shots, cells, None, sorted(by_row))
+            for row, stats in cells.items():
                 used = [
-                    r.folder.name for r in sorted(cell_runs, key=lambda r: r.seeds) if (shots, subset) in r.per_group
+                    r.folder.name
+                    for r in sorted(by_row[row], key=lambda r: r.seeds)
+                    if (shots, column.subset) in r.per_group
                 ]
-                board.append(
-                    {"method": row, "train_frac": frac, "subset": subset, "shots": shots, **_stats(stats), "runs": used}
-                )
-    add_paired_differences(board, cells)
+                entry = {
+                    "method": row,
+                    "train_frac": column.train_frac,
+                    "subset": column.subset,
+                    "shots": shots,
+                    **_stats(stats),
+                    "runs": used,
+                }
+                if (comparison := differences.get(row)) is not None:
+                    diff = comparison.difference
+                    entry["minus_best_baseline"] = round(diff.mean, 6)
+                    entry["paired_ci"] = [round(diff.ci[0], 6), round(diff.ci[1], 6)]
+                    entry["best_baseline"] = against
+                board.append(entry)
+    board.sort(key=lambda e: (e["method"], e["train_frac"], e["subset"], e["shots"]))
     tables = []
     for frac in sorted({r.train_frac for r in runs}):
         frac_runs = [r for r in runs if math.isclose(r.train_frac, frac)]
@@ -137,15 +112,15 @@ def task_board(runs: list[Run]) -> tuple[list[dict], list[dict]]:
     return board, tables
 
 
-def task_plots(output_dir: Path, dest: Path, task: str, runs: list[Run]) -> list[dict]:
+def task_plots(dest: Path, task: str, runs: list[RunRecord]) -> list[dict]:
     """The shot-scaling and per-group figures of `gpo-bench plot`, one of each per train fraction, as SVG."""
     from .plots import groups_figure, shots_figure
 
     out = []
     for frac in sorted({r.train_frac for r in runs}):
-        for kind, (fig, _) in (
-            ("shot scaling", shots_figure(output_dir, [task], frac)),
-            ("per group", groups_figure(output_dir, task, None, frac)),
+        for kind, (fig, _, _) in (
+            ("shot scaling", shots_figure(runs, [task], frac)),
+            ("per group", groups_figure(runs, task, None, frac)),
         ):
             relative = f"plots/{slug(task)}-{kind.replace(' ', '-')}-train{frac}.svg"
             (dest / "plots").mkdir(parents=True, exist_ok=True)
@@ -161,7 +136,7 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise DataError(f"{path}: cannot read it ({error})") from None
 
 
-def run_files(dest: Path, run: Run) -> dict:
+def run_files(dest: Path, run: RunRecord) -> dict:
     """The run's data file (its result.json and the list of its prediction pages) and one predictions page
     per (K, seed); skipped when they are newer than the run folder's files."""
     name = slug(run.folder.name)
@@ -170,8 +145,8 @@ def run_files(dest: Path, run: Run) -> dict:
     target = dest / relative
     if target.exists() and all(target.stat().st_mtime >= s.stat().st_mtime for s in sources):
         return {"id": run.folder.name, "file": relative}
-    result = json.loads((run.folder / "result.json").read_text())
-    metric = "alignment" if result["metric"] == "alignment" else "accuracy"
+    result = run.result()
+    metric = "alignment" if run.metric == "alignment" else "accuracy"
     pages: dict[tuple[int, int], list] = defaultdict(list)
     predictions = run.folder / "predictions.jsonl"
     for row in _read_jsonl(predictions) if predictions.exists() else []:
@@ -196,7 +171,7 @@ def run_files(dest: Path, run: Run) -> dict:
     return {"id": run.folder.name, "file": relative}
 
 
-def task_items(runs: list[Run]) -> dict[str, list]:
+def task_items(runs: list[RunRecord]) -> dict[str, list]:
     """Item id → [prompt, candidates] from the runs' items.jsonl (runs written before it existed have none)."""
     items: dict[str, list] = {}
     for run in runs:
@@ -218,9 +193,10 @@ def _task_card(task: str) -> dict:
     return {"description": card.description, "reference": card.reference}
 
 
-def write_report(output_dir: Path, dest: Path | None = None) -> Path:
-    """Write the site for `output_dir/runs/` into `dest` (default `output_dir/report`); return index.html."""
-    runs, notes = load_runs(output_dir)
+def write_report(runs: list[RunRecord], output_dir: Path, dest: Path | None = None, notes: list[str] = ()) -> Path:
+    """Write the site for the runs of `output_dir/runs/` into `dest` (default `output_dir/report`); `notes` (the
+    folders skipped) are shown on its index page. Return index.html."""
+    notes = list(notes)
     if not runs:
         raise DataError(f"no finished runs under {output_dir / 'runs'}; run `gpo-bench run` or `sweep` first")
     dest = dest or output_dir / "report"
@@ -249,7 +225,7 @@ def write_report(output_dir: Path, dest: Path | None = None) -> Path:
             "overall": OVERALL,
             "board": board,
             "group_tables": tables,
-            "plots": task_plots(output_dir, dest, task, task_runs),
+            "plots": task_plots(dest, task, task_runs),
             "runs": listing,
             "items": _write(dest, f"data/items/{slug(task)}.js", task_items(task_runs)),
         }

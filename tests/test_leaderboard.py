@@ -5,18 +5,27 @@ reported and skipped, and the HTML holds the same numbers as the CSV."""
 import csv
 import json
 import logging
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpo_bench import leaderboard
+import gpo_bench as gb
+from gpo_bench.aggregate import CI_SEED
+from gpo_bench.cards import load_method_card
 from gpo_bench.cli import main
 from gpo_bench.encoders import EncoderSpec
+from gpo_bench.references import Column, load_references
 from gpo_bench.stats import bootstrap_ci, pooled_bootstrap_ci
 
 GROUPS = ["g1", "g2", "g3", "g4"]
+
+
+def build(root, tasks=None, encoder=None, shots=None, versus=None):
+    """The board `gpo-bench leaderboard` writes for `root`, through the Python API."""
+    return gb.leaderboard(gb.load_runs(root, task=tasks, encoder=encoder), shots, versus)
 
 
 def write_run(
@@ -83,14 +92,14 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_cells_are_the_means_of_the_runs_with_the_documented_ci(tmp_path):
     tables = opinion_runs(tmp_path)
-    board = leaderboard.build(tmp_path)
-    column = leaderboard.Column("opinionqa", 0.4)
-    assert [(c, k) for c, k, _ in board.columns] == [(leaderboard.Column("globalopinionqa", 0.4), 20), (column, 20)]
+    board = build(tmp_path)
+    column = Column("opinionqa", 0.4)
+    assert [(c, k) for c, k, _ in board.columns] == [(Column("globalopinionqa", 0.4), 20), (column, 20)]
     for method, table in tables.items():
         cell = board.cells[(method, column)]
         run_means = table.mean(axis=1)  # each run's mean over its groups
         assert cell.mean == pytest.approx(run_means.mean(), abs=1e-12)
-        assert cell.ci == bootstrap_ci(table, leaderboard.CI_SEED)  # seeds × groups, resampling both
+        assert cell.ci == bootstrap_ci(table, CI_SEED)  # seeds × groups, resampling both
         assert cell.n == 3 and cell.seeds == (0, 1, 2) and cell.n_groups == 4
     assert board.rows == ["population", "uniform"]  # ranked by mean
 
@@ -105,16 +114,16 @@ def test_cells_are_the_means_of_the_runs_with_the_documented_ci(tmp_path):
     }
     block["per_group"] = dict(zip(GROUPS, map(float, tables["population"].mean(axis=0)), strict=True))
     (folder / "result.json").write_text(json.dumps(result))
-    one_run = leaderboard.build(together).cells[("population", column)]
+    one_run = build(together).cells[("population", column)]
     assert one_run == board.cells[("population", column)] and one_run.n == 3
 
-    at_five = leaderboard.build(tmp_path, shots=5)
+    at_five = build(tmp_path, shots=5)
     assert at_five.cells[("uniform", column)].mean == pytest.approx(tables["uniform"].mean() - 0.01, abs=1e-12)
     assert [c.task for c, _, _ in at_five.columns] == ["opinionqa"]  # globalopinionqa has no K=5
     assert any("no run has K=5" in note for note in at_five.notes)
 
-    only_global = leaderboard.build(tmp_path, tasks=["globalopinionqa"])
-    assert only_global.cells[("uniform", leaderboard.Column("globalopinionqa", 0.4))].mean == pytest.approx(0.65)
+    only_global = build(tmp_path, tasks=["globalopinionqa"])
+    assert only_global.cells[("uniform", Column("globalopinionqa", 0.4))].mean == pytest.approx(0.65)
 
 
 def test_runs_with_other_settings_or_encoders_are_their_own_rows(tmp_path):
@@ -134,19 +143,19 @@ def test_runs_with_other_settings_or_encoders_are_their_own_rows(tmp_path):
     )
     old = write_run(tmp_path, "e", "opinionqa", "knn", 1, values, encoder=minilm)  # the card has changed since
     result = json.loads((old / "result.json").read_text())
-    result["spec"]["method_version"] = leaderboard.load_method_card("knn").version - 1
+    result["spec"]["method_version"] = load_method_card("knn").version - 1
     (old / "result.json").write_text(json.dumps(result))
-    board = leaderboard.build(tmp_path)
+    board = build(tmp_path)
     previous = f"knn [card v{result['spec']['method_version']}]"
     assert sorted(board.rows) == sorted(["knn", "knn [encoder=bow]", "knn [neighbors=3]", previous])
-    assert board.cells[("knn", leaderboard.Column("opinionqa", 0.4))].n == 2
-    assert [r.row for r in leaderboard.load_runs(tmp_path, encoder=bow)[0]] == ["knn [encoder=bow]"]
+    assert board.cells[("knn", Column("opinionqa", 0.4))].n == 2
+    assert [r.row for r in gb.load_runs(tmp_path, encoder=bow)] == ["knn [encoder=bow]"]
 
 
 def test_reference_rows_are_present_marked_and_not_mixed_in(tmp_path):
     tables = opinion_runs(tmp_path)
-    board = leaderboard.build(tmp_path)
-    leaderboard.write(board, tmp_path)
+    board = build(tmp_path)
+    board.write(tmp_path)
     markdown = (tmp_path / "leaderboard.md").read_text()
     gpo_line = next(line for line in markdown.splitlines() if line.startswith("| GPO · Alpaca-7b"))
     assert "*reported by the paper* [1]" in gpo_line and "0.920" in gpo_line  # the 40% split
@@ -156,7 +165,7 @@ def test_reference_rows_are_present_marked_and_not_mixed_in(tmp_path):
 
     rows = read_csv(tmp_path / "leaderboard.csv")
     reported = [r for r in rows if r["source"] == "reported by the paper"]
-    assert {r["citation"] for r in reported} >= {leaderboard.load_references()[0].citation}
+    assert {r["citation"] for r in reported} >= {load_references()[0].citation}
     gpo = [r for r in reported if r["task"] == "opinionqa" and r["method"] == "gpo" and r["model"] == "Alpaca-7b"]
     assert [(float(r["train_frac"]), float(r["mean"])) for r in gpo] == [(0.4, 0.92), (0.6, 0.925), (0.8, 0.946)]
     prism = [
@@ -209,7 +218,7 @@ class CellParser(HTMLParser):
 
 def test_the_html_parses_and_holds_the_numbers_of_the_csv(tmp_path):
     opinion_runs(tmp_path)
-    leaderboard.write(leaderboard.build(tmp_path), tmp_path)
+    build(tmp_path).write(tmp_path)
     parser = CellParser()
     parser.feed((tmp_path / "leaderboard.html").read_text())
     parser.close()
@@ -251,13 +260,13 @@ def test_pooled_accuracy_with_seen_and_unseen_columns(tmp_path):
         result = json.loads((folder / "result.json").read_text())
         result["metrics"] = {"20": {**cell, "capped_shots": {}}}
         (folder / "result.json").write_text(json.dumps(result))
-    board = leaderboard.build(tmp_path)
+    board = build(tmp_path)
     assert [c.subset for c, _, _ in board.columns] == ["overall", "seen", "unseen"]
-    overall = board.cells[("gpo", leaderboard.Column("prism_personalized", 0.4))]
+    overall = board.cells[("gpo", Column("prism_personalized", 0.4))]
     assert overall.mean == pytest.approx(0.625)
     items = [np.repeat([1.0, 0.0], [24, 16]), np.repeat([1.0, 0.0], [26, 14])]
-    assert overall.ci == pooled_bootstrap_ci(items, leaderboard.CI_SEED)
-    assert board.cells[("gpo", leaderboard.Column("prism_personalized", 0.4, "seen"))].mean == pytest.approx(0.725)
+    assert overall.ci == pooled_bootstrap_ci(items, CI_SEED)
+    assert board.cells[("gpo", Column("prism_personalized", 0.4, "seen"))].mean == pytest.approx(0.725)
     # PersonalRewardBench's pooled GPO accuracy (57.29%) is shown; MRM's user-level numbers are not (other metric)
     labels = {label for label, _, _ in board.reference_rows()}
     assert "GPO · Llama-3.1-8B" in labels and "GPO · Skywork-Reward-Llama-3.1-8B" not in labels
@@ -272,15 +281,52 @@ def test_references_only_join_columns_of_their_metric(tmp_path, metric, shown):
     result = json.loads((folder / "result.json").read_text())
     result["metrics"] = {"20": {**users, "seen": users, "unseen": users, "capped_shots": {}}}
     (folder / "result.json").write_text(json.dumps(result))
-    board = leaderboard.build(tmp_path)
+    board = build(tmp_path)
     rows = {(label, source): values for label, source, values in board.reference_rows()}
     if shown:
-        unseen = leaderboard.Column("prism", 0.4, "unseen")
+        unseen = Column("prism", 0.4, "unseen")
         assert rows == {
             ("GPO · Skywork-Reward-Llama-3.1-8B", "mrm"): {unseen: 0.642},
             ("MRM · Skywork-Reward-Llama-3.1-8B", "mrm"): {unseen: 0.652},
         }
-        markdown = leaderboard.to_markdown(board)
+        markdown = board.to_markdown()
         assert "| GPO · Skywork-Reward-Llama-3.1-8B, *reported by the paper* [3] | — | — | 0.642 |" in markdown
     else:
         assert rows == {}
+
+
+def test_a_missing_k_or_versus_is_an_error_naming_what_exists(tmp_path, capsys):
+    opinion_runs(tmp_path)
+    out = ["--output-dir", str(tmp_path)]
+    assert main(["leaderboard", *out, "--shots", "7"]) == 2
+    assert "no runs have K=7 (runs have K=[0, 5, 20])" in capsys.readouterr().err
+    assert main(["plot", "groups", "--task", "opinionqa", *out, "--shots", "7"]) == 2
+    assert "have K=7 (runs have K=[0, 5, 20])" in capsys.readouterr().err
+    assert main(["compare", "--task", "opinionqa", "--methods", "population,uniform", *out, "--shots", "7"]) == 2
+    assert "K=[7] not run by both sides (A ran K=[0, 5, 20], B ran K=[0, 5, 20])" in capsys.readouterr().err
+    assert main(["leaderboard", *out, "--versus", "nosuch"]) == 2
+    assert "--versus 'nosuch' names no row; rows: population, uniform" in capsys.readouterr().err
+    assert not (tmp_path / "leaderboard.md").exists()
+    assert main(["leaderboard", *out, "--versus", "uniform"]) == 0
+    paired = (tmp_path / "leaderboard.md").read_text().split("## Paired differences")[1]
+    assert "K=20 (alignment) vs uniform" in paired and re.search(r"\| population \|.* \+0\.\d{3} \[", paired)
+
+
+def test_failed_and_unfinished_run_folders_are_named_where_they_are_skipped(tmp_path, caplog):
+    opinion_runs(tmp_path)
+    failed = tmp_path / "runs" / "opinionqa--gpo--failed"
+    failed.mkdir()
+    (failed / "error.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+    unfinished = tmp_path / "runs" / "opinionqa--head--running"
+    unfinished.mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert main(["leaderboard", "--output-dir", str(tmp_path)]) == 0
+        assert main(["report", "--output-dir", str(tmp_path)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for message in (
+        f"skipped run folder {failed}: the run failed (RuntimeError: out of memory)",
+        f"skipped run folder {unfinished}: unfinished (no result.json yet)",
+    ):
+        assert warnings.count(message) == 2  # once by the leaderboard, once by the report
+        assert message in (tmp_path / "leaderboard.md").read_text()
+        assert json.dumps(message)[1:-1] in (tmp_path / "report" / "data" / "index.js").read_text()

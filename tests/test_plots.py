@@ -9,13 +9,14 @@ import pytest
 from matplotlib.colors import to_rgb
 from test_leaderboard import GROUPS, opinion_runs
 
-from gpo_bench import leaderboard, plots
+import gpo_bench as gb
+from gpo_bench import aggregate, plots
 from gpo_bench.cli import main
 
 
 def test_shot_curves_are_the_cell_means_with_ci_bands_and_published_points(tmp_path):
     tables = opinion_runs(tmp_path)
-    fig, name = plots.shots_figure(tmp_path, ["opinionqa", "globalopinionqa"])
+    fig, name, _ = plots.shots_figure(gb.load_runs(tmp_path), ["opinionqa", "globalopinionqa"])
     assert name == "shots-opinionqa+globalopinionqa"
     panel, other = fig.axes[:2]
     assert panel.get_title() == "opinionqa · 40% of groups meta-train" and other.get_title().startswith(
@@ -28,8 +29,8 @@ def test_shot_curves_are_the_cell_means_with_ci_bands_and_published_points(tmp_p
         assert list(x) == [0, 5, 20]
         expected = [table.mean() - 0.02, table.mean() - 0.01, table.mean()]
         assert np.allclose(y, expected, atol=1e-12)
-    uniform_runs = [r for r in leaderboard.load_runs(tmp_path, ["opinionqa"])[0] if r.method == "uniform"]
-    cis = [leaderboard.cell_stats(uniform_runs, k).ci for k in (0, 5, 20)]
+    uniform_runs = [r for r in gb.load_runs(tmp_path, "opinionqa") if r.method == "uniform"]
+    cis = [aggregate.cell_stats(uniform_runs, k).ci for k in (0, 5, 20)]
     colour = to_rgb(lines["uniform"].get_color())
     band = next(c for c in panel.collections if tuple(c.get_facecolor()[0][:3]) == pytest.approx(colour))
     ys = band.get_paths()[0].vertices[:, 1]
@@ -41,7 +42,7 @@ def test_shot_curves_are_the_cell_means_with_ci_bands_and_published_points(tmp_p
 
 def test_group_plot_shows_each_groups_mean_and_ci_over_runs(tmp_path):
     tables = opinion_runs(tmp_path)
-    fig, name = plots.groups_figure(tmp_path, "opinionqa")
+    fig, name, _ = plots.groups_figure(gb.load_runs(tmp_path), "opinionqa")
     assert name == "groups-opinionqa-K20"
     ax = fig.axes[0]
     groups = [tick.get_text() for tick in ax.get_yticklabels()]

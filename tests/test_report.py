@@ -14,13 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
+from test_leaderboard import opinion_runs, write_run
 
-from gpo_bench import leaderboard
+import gpo_bench as gb
 from gpo_bench.cli import main
 from gpo_bench.discovery import INCLUDE_ENV
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def build(root, tasks=None, encoder=None, shots=None, versus=None):
+    """The board `gpo-bench leaderboard` writes for `root`, through the Python API."""
+    return gb.leaderboard(gb.load_runs(root, task=tasks, encoder=encoder), shots, versus)
 
 
 def data_file(site: Path, relative: str) -> object:
@@ -58,7 +64,7 @@ def test_board_matches_the_leaderboard_and_predictions_are_rescored_independentl
     index = data_file(site, "data/index.js")
     assert [t["task"] for t in index["tasks"]] == ["example_survey", "synthetic"]
     task = data_file(site, index["tasks"][1]["file"])
-    board = leaderboard.build(results, ["synthetic"], shots=5)
+    board = build(results, ["synthetic"], shots=5)
     for (row, column), stats in board.cells.items():
         shown = [r for r in task["board"] if r["method"] == row and r["shots"] == 5 and r["subset"] == column.subset]
         assert len(shown) == 1 and shown[0]["mean"] == pytest.approx(stats.mean, abs=1e-6)
@@ -83,6 +89,57 @@ def test_board_matches_the_leaderboard_and_predictions_are_rescored_independentl
     assert {r["item"] for r in rows} <= set(items) and all(
         items[i] == [t["prompt"], t["candidates"]] for i, t in texts.items()
     )
+
+
+def pooled_runs(root: Path) -> None:
+    """Two seeds of gpo and head on prism_personalized (pooled accuracy, seen and unseen users), K = 20."""
+
+    def block(pooled: float, users: dict[str, float]) -> dict:
+        return {"user_accuracy": {"per_group": users, "n_items": 40}, "accuracy": {"mean": pooled, "ci": [0, 1]}}
+
+    for method, shift in (("gpo", 0.1), ("head", 0.0)):
+        for seed in (0, 1):
+            users = {"u1": 0.5 + shift + 0.05 * seed, "u2": 0.6 + shift, "u3": 0.7 - 0.1 * seed}
+            cell = {
+                **block(0.55 + shift + 0.025 * seed, users),
+                "seen": block(0.6 + shift, {"u1": users["u1"], "u2": users["u2"]}),
+                "unseen": block(0.5, {"u3": users["u3"]}),
+                "capped_shots": {},
+            }
+            folder = write_run(root, f"p--{method}--{seed}", "prism_personalized", method, seed, {}, metric="accuracy")
+            result = json.loads((folder / "result.json").read_text())
+            result["metrics"] = {"20": cell}
+            (folder / "result.json").write_text(json.dumps(result))
+
+
+def test_the_report_board_is_the_leaderboard_at_every_k_pooled_accuracy_included(tmp_path):
+    opinion_runs(tmp_path)
+    pooled_runs(tmp_path)
+    assert main(["report", "--output-dir", str(tmp_path)]) == 0
+    site = tmp_path / "report"
+    tasks = {t["task"]: data_file(site, t["file"]) for t in data_file(site, "data/index.js")["tasks"]}
+    assert sorted(tasks) == ["globalopinionqa", "opinionqa", "prism_personalized"]
+    checked = paired = 0
+    for name, task in tasks.items():
+        for shots in sorted({e["shots"] for e in task["board"]}):
+            board = build(tmp_path, [name], shots=shots)
+            shown = {(e["method"], e["subset"]): e for e in task["board"] if e["shots"] == shots}
+            assert set(shown) == {(row, column.subset) for row, column in board.cells}
+            for (row, column), stats in board.cells.items():
+                entry = shown[(row, column.subset)]
+                assert entry["mean"] == round(stats.mean, 6) and entry["ci"] == [round(c, 6) for c in stats.ci]
+                assert entry["n"] == stats.n and entry.get("headroom") == (
+                    None if stats.headroom is None else round(stats.headroom, 6)
+                )
+                diff = board.differences.get((row, column))
+                assert ("minus_best_baseline" in entry) == (diff is not None)
+                if diff is not None:
+                    assert entry["minus_best_baseline"] == round(diff.mean, 6)
+                    assert entry["best_baseline"] == board.versus[column]
+                    paired += 1
+                checked += 1
+    assert checked == 3 * 2 + 1 + 2 * 3 and paired == 3  # opinionqa K = 0, 5, 20; globalopinionqa; prism's 3 subsets
+    assert not any("minus_best_baseline" in e for e in tasks["prism_personalized"]["board"])  # pooled: no pairing
 
 
 def test_refreshing_rewrites_only_changed_runs(results, tmp_path):

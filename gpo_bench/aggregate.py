@@ -1,0 +1,202 @@
+"""The statistics of one board cell and of one paired comparison, from run records.
+
+A cell's runs give a seeds × groups table of per-group means, one row per seed of each run
+(`metrics[K][metric]["per_seed"]`; a sweep's run holds one seed, or all of them where the method trains
+them at once); the cell's mean is the mean over rows of the mean over groups, and its CI is
+`gpo_bench.stats.bootstrap_ci` of that table (resampling rows and groups), as in a single run, so that three
+runs of one seed and one run of three seeds give the same cell. Runs of the cell that did not run this K are
+left out of it. Where the headline is accuracy pooled over items (`metric: accuracy`, PersonalRewardBench), the
+cell is the mean over runs of the pooled accuracy and its CI `stats.pooled_bootstrap_ci` (items resampled within
+each run; a run's items are rebuilt from its pooled accuracy and item count, exact as item scores are 0 or 1).
+Two sides are paired over the (seed, group) episodes they share: on their common seeds, saying so where their
+seed sets differ."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DataError
+from .records import OVERALL, POOLED, RunRecord
+from .stats import PairedDifference, bootstrap_ci, paired_difference, pooled_bootstrap_ci
+
+CI_SEED = 0
+
+
+@dataclass(frozen=True)
+class CellStats:
+    mean: float
+    ci: tuple[float, float]
+    n: int  # rows of the cell's table: one per seed of each run (pooled accuracy: one per run)
+    seeds: tuple[int, ...]
+    n_groups: int
+    headroom: float | None = None  # (mean - uniform) / (ceiling - uniform) where the column has a ceiling
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A column's floor (`uniform` on the same targets) and sampling-noise ceiling (None, with the reason)."""
+
+    uniform: float
+    ceiling: float | None
+    note: str
+
+    def headroom(self, mean: float) -> float | None:
+        if self.ceiling is None or self.ceiling <= self.uniform:
+            return None
+        return (mean - self.uniform) / (self.ceiling - self.uniform)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A − B at one K and subset over the episodes both sides ran; `note` says what was left out (seeds only one
+    side ran), None where nothing was."""
+
+    shots: int
+    subset: str
+    difference: PairedDifference
+    seeds: tuple[int, ...]
+    note: str | None
+
+
+def column_bounds(runs: list[RunRecord], shots: int) -> Bounds | None:
+    """The column's floor and ceiling at K, from the row whose runs cover the most seeds (every method shares
+    the episodes of a seed, so any complete row gives the same values); None where no run recorded them."""
+    by_row: dict[str, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        if shots in run.reference:
+            by_row[run.row].append(run)
+    if not by_row:
+        return None
+    fullest = max(by_row.values(), key=lambda rs: (len({s for r in rs for s in r.seeds}), -len(rs)))
+    blocks = [r.reference[shots] for r in fullest]
+    ceilings = [b["ceiling"] for b in blocks]
+    ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
+    return Bounds(float(np.mean([b["uniform"] for b in blocks])), ceiling, str(blocks[0]["ceiling_note"]))
+
+
+def cell_table(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> tuple[np.ndarray, list[str]]:
+    """seeds × groups table of per-group means (NaN where a row lacks the group) for one K: a row per seed of
+    each run that ran K (a run without per-seed values: one row, its per-group means); 0 × 0 where none did."""
+    key = (shots, subset)
+    rows = [
+        row
+        for r in runs
+        if key in r.per_group
+        for row in ([r.per_seed[key][s] for s in sorted(r.per_seed[key])] if key in r.per_seed else [r.per_group[key]])
+    ]
+    if not rows:
+        return np.empty((0, 0)), []
+    groups = sorted(set().union(*rows))
+    return np.array([[row.get(g, np.nan) for g in groups] for row in rows], dtype=float), groups
+
+
+def cell_stats(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> CellStats | None:
+    """Mean over seeds of the mean over groups (or over runs of the pooled accuracy), and its bootstrap CI;
+    None where no run has this K."""
+    table, groups = cell_table(runs, shots, subset)
+    if not len(table):
+        return None
+    used = [r for r in runs if (shots, subset) in r.per_group]
+    if used[0].metric == POOLED:
+        cells = [r.pooled[(shots, subset)] for r in used]
+        items = [np.repeat([1.0, 0.0], [round(mean * n), n - round(mean * n)]) for mean, n in cells]
+        mean, ci = float(np.mean([m for m, _ in cells])), pooled_bootstrap_ci(items, CI_SEED)
+    else:
+        mean, ci = float(np.mean(np.nanmean(table, axis=1))), bootstrap_ci(table, CI_SEED)
+    return CellStats(
+        mean=mean,
+        ci=ci,
+        n=len(table) if used[0].metric != POOLED else len(used),
+        seeds=tuple(sorted({s for r in used for s in r.seeds})),
+        n_groups=len(groups),
+    )
+
+
+def group_stats(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> dict[str, CellStats]:
+    """Per test group: mean over seeds and a bootstrap CI over seeds (the same bootstrap, one group)."""
+    table, groups = cell_table(runs, shots, subset)
+    out = {}
+    for j, group in enumerate(groups):
+        column = table[~np.isnan(table[:, j]), j : j + 1]
+        out[group] = CellStats(float(column.mean()), bootstrap_ci(column, CI_SEED), len(column), (), 1)
+    return out
+
+
+def seed_group_table(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> dict[tuple[int, str], float]:
+    """(seed, group) → the group's mean over its targets, over one side's runs."""
+    table: dict[tuple[int, str], float] = {}
+    for run in runs:
+        for seed, groups in run.per_seed.get((shots, subset), {}).items():
+            table.update({(seed, group): value for group, value in groups.items()})
+    return table
+
+
+def _ran(runs: list[RunRecord], subset: str) -> str:
+    return "; ".join(f"{r.folder.name} ran K={sorted(r.shots(subset))}" for r in runs)
+
+
+def episode_mismatch(a: list[RunRecord], b: list[RunRecord], shots: int, subset: str = OVERALL) -> str | None:
+    """Why the two sides cannot be paired at K = `shots` (None when they can): a side without a run at K,
+    different data or split, a run at K without per-seed values, or no seed in common."""
+    key = (shots, subset)
+    for side, runs in (("A", a), ("B", b)):
+        if not any(key in r.per_group for r in runs):
+            return f"side {side} has no run at K={shots} ({_ran(runs, subset)})"
+    a, b = [r for r in a if key in r.per_group], [r for r in b if key in r.per_group]
+    identities = {run.episodes for run in a + b}
+    if len(identities) > 1:
+        fingerprints = sorted({str(run.fingerprint) for run in a + b})
+        if len(fingerprints) > 1:
+            return f"the data differ (fingerprints {', '.join(fingerprints)})"
+        return "the split, split seed or item limit differ"
+    for side, runs in (("A", a), ("B", b)):
+        if missing := [r.folder.name for r in runs if key not in r.per_seed]:
+            return (
+                f"side {side} has no per-seed values at K={shots} in {', '.join(missing)} (several seeds in one "
+                "run, written before per-seed values were recorded)"
+            )
+    seeds_a = {seed for seed, _ in seed_group_table(a, shots, subset)}
+    seeds_b = {seed for seed, _ in seed_group_table(b, shots, subset)}
+    if not seeds_a & seeds_b:
+        return f"no seed in common (A: {sorted(seeds_a)}, B: {sorted(seeds_b)})"
+    return None
+
+
+def paired(a: list[RunRecord], b: list[RunRecord], shots: int, subset: str = OVERALL) -> Comparison:
+    """A − B over the (seed, group) episodes both sides share, on their common seeds; a DataError where they
+    cannot be paired."""
+    if reason := episode_mismatch(a, b, shots, subset):
+        raise DataError(f"cannot pair these runs at K={shots}: {reason}")
+    table_a, table_b = seed_group_table(a, shots, subset), seed_group_table(b, shots, subset)
+    seeds_a, seeds_b = sorted({seed for seed, _ in table_a}), sorted({seed for seed, _ in table_b})
+    seeds = sorted(set(seeds_a) & set(seeds_b))
+    groups = sorted({group for _, group in table_a} | {group for _, group in table_b})
+    note = None
+    if seeds_a != seeds_b:
+        note = f"paired on the common seeds {seeds} at K={shots} (A ran seeds {seeds_a}, B ran {seeds_b})"
+
+    def matrix(table: dict) -> np.ndarray:
+        return np.array([[table.get((s, g), np.nan) for g in groups] for s in seeds])
+
+    difference = paired_difference(matrix(table_a), matrix(table_b), groups, CI_SEED)
+    return Comparison(shots, subset, difference, tuple(seeds), note)
+
+
+def consistency_warnings(runs: list[RunRecord], where: str) -> list[str]:
+    """Runs of one cell that should not be averaged blindly: a seed twice, different data or metric."""
+    warnings = []
+    by_seed = defaultdict(list)
+    for run in runs:
+        for seed in run.seeds:
+            by_seed[seed].append(run.folder.name)
+    warnings += [
+        f"{where}: seed {s} is in {len(f)} runs ({', '.join(f)}); all counted" for s, f in by_seed.items() if len(f) > 1
+    ]
+    if len({r.fingerprint for r in runs}) > 1:
+        warnings.append(f"{where}: runs were computed on different data (fingerprints differ)")
+    if len({r.metric for r in runs}) > 1:
+        warnings.append(f"{where}: runs report different metrics {sorted({r.metric for r in runs})}")
+    return warnings

@@ -1,0 +1,173 @@
+"""The public Python API of gpo-bench: what the command line calls and only renders.
+
+`run` runs one method on one task (or reuses the finished run) and returns its `RunRecord`; `load_runs` reads
+the finished runs of a folder back as the same records (`Runs`, with `.to_frame()`); `leaderboard` computes the
+board of a list of records (`Board`, with `to_markdown()`, `to_csv()`, `to_html()`); `compare` pairs two rows
+over the episodes they share and returns one `Comparison` per K and subset; `list_tasks` and `list_methods`
+name what is installed (not `methods`: that name is the package `gpo_bench.methods`). See docs/python-api.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .aggregate import Comparison
+from .board import Board, build_board
+from .errors import DataError
+from .pairing import comparisons, select
+from .records import RunRecord, Runs, read_record
+from .records import load_runs as _load_runs
+
+
+def list_tasks() -> dict[str, str]:
+    """Task card name → its description (built-in cards, and those of any --include-path / plugin)."""
+    from .cards import load_task_card
+    from .discovery import discover, task_names
+
+    discover()
+    return {name: load_task_card(name).description for name in task_names()}
+
+
+def list_methods() -> dict[str, str]:
+    """Method card name → its description."""
+    from .cards import load_method_card
+    from .discovery import discover, method_names
+
+    discover()
+    return {name: load_method_card(name).description for name in method_names()}
+
+
+def run(
+    task: str,
+    method: str,
+    *,
+    data_dir: Path | str | None = None,
+    shots: list[int] | tuple[int, ...] | None = None,
+    seeds: list[int] | tuple[int, ...] | None = None,
+    train_frac: float | None = None,
+    settings: dict | None = None,
+    output_dir: Path | str = "results",
+    encoder: str | None = None,
+    split_seed: int = 0,
+    limit_items: int | None = None,
+    device: str = "auto",
+    force: bool = False,
+    resume: bool = False,
+    cache_dir: Path | str | None = None,
+) -> RunRecord:
+    """Run `method` on `task` into `output_dir/runs/<run id>/` (or reuse the finished run of the same spec unless
+    `force`) and return its record. `shots` (default: the task card's grid), `seeds` (default 0, 1, 2),
+    `train_frac` (default: the card's), `settings` (overrides of the method card's settings) and `encoder`
+    (default minilm; ignored by methods without features) are what `gpo-bench run` takes as flags."""
+    from .loaders.common import resolve_data_dir
+    from .runner import RunSpec, execute, run_id
+
+    spec = RunSpec(
+        task=task,
+        method=method,
+        encoder=encoder or RunSpec.encoder,
+        shots=None if shots is None else tuple(int(k) for k in shots),
+        seeds=RunSpec.seeds if seeds is None else tuple(int(s) for s in seeds),
+        train_frac=train_frac,
+        split_seed=split_seed,
+        limit_items=limit_items,
+        overrides=dict(settings or {}),
+    )
+    output_dir = Path(output_dir)
+    cache = None if cache_dir is None else Path(cache_dir)
+    result = execute(spec, resolve_data_dir(data_dir), output_dir, device, force, resume, cache)
+    record = read_record(output_dir / "runs" / run_id(result["spec"]))
+    return replace(record, reused=bool(result.get("reused")))
+
+
+def load_runs(
+    output_dir: Path | str = "results",
+    task: str | list[str] | None = None,
+    method: str | list[str] | None = None,
+    encoder: str | None = None,
+) -> Runs:
+    """The finished runs under `output_dir/runs/` as records, keeping only the given task(s), method(s) (a
+    method name or row label) and encoder. The result is a list (`Runs`) whose `.skipped` names every folder
+    left out (unreadable, failed, unfinished) and whose `.to_frame()` is a pandas DataFrame with one row per
+    run, K and test group."""
+    return _load_runs(output_dir, task, method, encoder)
+
+
+def leaderboard(runs: list[RunRecord], shots: int | None = None, versus: str | None = None) -> Board:
+    """The board of these runs: one K per column (`shots`, else 20 where run, else the column's largest K), each
+    row's paired difference to `versus` (a row label or method name; default: each column's strongest simple
+    baseline). The folders `load_runs` skipped are among its notes. A DataError where `shots` is not run at all
+    or `versus` names no row, naming what exists."""
+    return build_board(runs, shots, versus, getattr(runs, "skipped", None))
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """`compare`'s answer: the two sides (row labels and their runs) and one Comparison per K and subset;
+    `str()` is what `gpo-bench compare` prints."""
+
+    a: str
+    b: str
+    runs_a: list[RunRecord]
+    runs_b: list[RunRecord]
+    comparisons: list[Comparison]
+
+    def __str__(self) -> str:
+        from .pairing import describe
+
+        return describe(self.a, self.b, self.runs_a, self.runs_b, self.comparisons)
+
+
+def compare(
+    runs: list[RunRecord],
+    a: str | RunRecord,
+    b: str | RunRecord,
+    *,
+    task: str | None = None,
+    train_frac: float | None = None,
+    shots: list[int] | None = None,
+) -> Pairing:
+    """A − B over the same (test group, seed) episodes at each K both ran (or `shots`): `a` and `b` are row
+    labels or method names among `runs` (on `task`, needed where the runs hold several, and `train_frac`,
+    needed where a row ran several), or two RunRecords. Sides with different seeds are paired on the seeds
+    they share; each Comparison's `note` says so."""
+    if isinstance(a, RunRecord) and isinstance(b, RunRecord):
+        if a.task != b.task:
+            raise DataError(f"cannot pair runs of different tasks ({a.task} and {b.task})")
+        return Pairing(a.row, b.row, [a], [b], comparisons([a], [b], shots))
+    if isinstance(a, RunRecord) or isinstance(b, RunRecord):
+        raise DataError("give two row names or two run records, not one of each")
+    if task is None:
+        present = sorted({r.task for r in runs})
+        if len(present) != 1:
+            raise DataError(f"the runs hold tasks {', '.join(present) or 'none'}; name one (task=, --task)")
+        task = present[0]
+    side_a = select(runs, a, task, train_frac)
+    side_b = select(runs, b, task, side_a[0].train_frac)
+    return Pairing(side_a[0].row, side_b[0].row, side_a, side_b, comparisons(side_a, side_b, shots))
+
+
+def read_run(folder: Path | str) -> RunRecord:
+    """The record of one run folder (its result.json); a DataError naming the file where it cannot be used."""
+    from .records import RunFileError
+
+    try:
+        return read_record(Path(folder))
+    except RunFileError as error:
+        raise DataError(str(error)) from None
+
+
+__all__ = [
+    "Board",
+    "Comparison",
+    "Pairing",
+    "RunRecord",
+    "Runs",
+    "compare",
+    "leaderboard",
+    "list_methods",
+    "list_tasks",
+    "load_runs",
+    "read_run",
+    "run",
+]
