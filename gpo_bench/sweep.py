@@ -35,7 +35,18 @@ from .data import DataError
 from .encoders import DEFAULT_ENCODER
 from .methods.base import Method
 from .registry import METHODS
-from .runner import ERROR_FILE, RESULT_FILE, RunSpec, execute, limit_items, load_task, run_id, run_state, write_atomic
+from .runner import (
+    ERROR_FILE,
+    RESULT_FILE,
+    RunSpec,
+    data_identity,
+    execute,
+    limit_items,
+    load_task,
+    run_id,
+    run_state,
+    write_atomic,
+)
 from .workers import usable_cores, worker_pool
 
 log = logging.getLogger(__name__)
@@ -212,6 +223,7 @@ class Options:
     device: str = "auto"
     force: bool = False
     cache_dir: Path | None = None
+    strict: bool = False  # the loaders' warnings are errors
 
 
 @dataclass(frozen=True)
@@ -251,6 +263,7 @@ def run_one(run: PlannedRun, options: Options) -> Outcome:
             force=options.force,
             resume=not options.force,
             cache_dir=options.cache_dir,
+            strict=options.strict,
         )
     except Exception as error:  # one failing run must not stop the others
         message = f"{type(error).__name__}: {' '.join(str(error).split())}"
@@ -414,7 +427,7 @@ def run_states(runs: list[PlannedRun], options: Options) -> dict[str, tuple[str,
     """run id → (state, why) from `runner.run_state`, checked against the data each run would load now
     (loaded once per task and item limit). A run whose data cannot be loaded is `to run`: it fails in its
     own process, with its own error.json."""
-    fingerprints: dict[tuple, str | None] = {}
+    fingerprints: dict[tuple, dict | None] = {}
     states = {}
     for run in runs:
         folder = run.folder(options.output_dir)
@@ -425,7 +438,7 @@ def run_states(runs: list[PlannedRun], options: Options) -> dict[str, tuple[str,
         if key not in fingerprints:
             try:
                 task = load_task(load_task_card(key[0]), options.data_dir)
-                fingerprints[key] = limit_items(task, key[1]).fingerprint()
+                fingerprints[key] = data_identity(limit_items(task, key[1]))
             except DataError as error:
                 log.warning("cannot load task %s to check its finished runs (%s)", key[0], error)
                 fingerprints[key] = None
