@@ -209,17 +209,16 @@ class EmbeddingCache:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, timeout=5)
+            self.db = sqlite3.connect(self.path, timeout=5)
         except sqlite3.OperationalError as error:  # a cold cache in a folder that cannot be written
             raise RuntimeError(self._unwritable(error)) from None
-        self.db = db
         self._call(
             lambda db: db.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key TEXT PRIMARY KEY, meta TEXT, text TEXT, dim INTEGER, "
                 "checksum TEXT, vector BLOB)"
             )
         )
-        return db
+        return self.db  # where the database was moved aside, the connection to the new one
 
     def _call(self, operation):
         """Run `operation(db)`; wait once for a lock, rebuild once a corrupt database."""
