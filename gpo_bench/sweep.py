@@ -470,7 +470,6 @@ def sweep(
     result.json is broken or was computed on other data runs again, and the log says why."""
     runs = list(runs)
     started = time.perf_counter()
-    check_writable(options.output_dir / "runs")
     result = SweepReport(total=len(runs))
     states = {} if options.force else run_states(runs, options)
     pending = []
@@ -482,6 +481,8 @@ def sweep(
         if state in ("broken", "other-data"):
             log.warning("%s; running it again", why)
         pending.append(run)
+    if pending:  # finished runs are only read: a read-only output folder will do for them
+        check_writable(options.output_dir / "runs")
     progress = tqdm(total=len(pending), desc="sweep", unit="run")
 
     def report(run: PlannedRun, outcome: Outcome) -> None:

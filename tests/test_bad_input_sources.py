@@ -121,6 +121,22 @@ def test_a_responses_answer_that_is_no_option_is_named_with_its_row(tmp_path):
     check(*outcome)
 
 
+def test_a_misspelled_group_value_of_a_respondent_is_named_with_its_row(tmp_path):
+    import shutil
+
+    shutil.copytree(FIXTURES / "opinionqa_responses", tmp_path, dirs_exist_ok=True)
+    path = next(tmp_path.glob("opinionqa/human_resp/*/responses.csv"))
+    lines = path.read_text().splitlines()
+    assert lines[4].startswith("4,South,")  # row 5 of the file
+    lines[4] = lines[4].replace(",South,", ",Suoth,", 1)
+    path.write_text("\n".join(lines) + "\n")
+    card = opinion_card(groups=["CREGION_South"], source={"format": "responses", "questions": "all"})
+    outcome = warned(
+        lambda: load_opinionqa(card, tmp_path), ["responses.csv", "CREGION", "'Suoth'", "row 5", "'South'"]
+    )
+    check(*outcome)
+
+
 def test_a_card_group_the_source_lacks_is_warned_with_the_closest(tmp_path):
     write_opinionqa(tmp_path)
     card = opinion_card(groups=["SEX_Female", "SEX_Male", "CREGION_South"])
@@ -242,7 +258,7 @@ def test_a_finished_run_is_not_reused_when_its_source_file_changed(tmp_path, cap
 
 
 def test_a_finished_run_in_a_read_only_folder_is_reused_without_the_lock(tmp_path, capsys, caplog, monkeypatch):
-    from gpo_bench import runner
+    from gpo_bench import runner, sweep
 
     argv = ["run", "--task", "synthetic", "--method", "uniform", *QUICK, "--output-dir", str(tmp_path)]
     assert call(capsys, caplog, argv)[0] == 0
@@ -254,8 +270,11 @@ def test_a_finished_run_in_a_read_only_folder_is_reused_without_the_lock(tmp_pat
 
     monkeypatch.setattr(runner, "folder_lock", refuse)
     monkeypatch.setattr(runner, "write_atomic", refuse)
+    monkeypatch.setattr(sweep, "write_atomic", refuse)
     code, text = call(capsys, caplog, argv)
     check(judge(code, text, ["reused the finished run"], expected=0), text)
+    code, text = call(capsys, caplog, ["sweep", "--tasks", "synthetic", "--methods", "uniform", *argv[5:]])
+    check(judge(code, text, ["1 already finished, 0 ran now"], expected=0), text)
     assert not (folder / ".lock").exists()
 
 

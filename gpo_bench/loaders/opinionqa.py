@@ -211,6 +211,18 @@ def load_responses(
                 f"{path}: {int(odd.sum())} answer(s) to {key} are none of its options in info.csv "
                 f"(first: row {row}, {answers[odd].iloc[0]!r}); left out"
             )
+    known: dict[str, set[str]] = {}
+    for group_id in known_group_ids(wanted):
+        known.setdefault(split_group(group_id)[0], set()).add(split_group(group_id)[1])
+    for attribute in sorted({split_group(g)[0] for g in wanted} & set(frame.columns)):
+        for value, count in frame[attribute].value_counts().items():
+            close = difflib.get_close_matches(value, sorted(known[attribute] - {value}), n=1, cutoff=0.8)
+            if value not in known[attribute] and close:
+                row = int((frame[attribute] == value).to_numpy().argmax()) + 2
+                warn(
+                    f"{path}: column {attribute} value {value!r} ({count} respondent(s), first row {row}) is no "
+                    f"group any task card knows, but close to {close[0]!r}; those respondents count in no group"
+                )
     for group_id in wanted:
         attribute, value = split_group(group_id)
         if attribute not in frame.columns:
