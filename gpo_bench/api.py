@@ -54,11 +54,13 @@ def run(
     force: bool = False,
     resume: bool = False,
     cache_dir: Path | str | None = None,
+    strict: bool = False,
 ) -> RunRecord:
     """Run `method` on `task` into `output_dir/runs/<run id>/` (or reuse the finished run of the same spec unless
     `force`) and return its record. `shots` (default: the task card's grid), `seeds` (default 0, 1, 2),
     `train_frac` (default: the card's), `settings` (overrides of the method card's settings) and `encoder`
-    (default minilm; ignored by methods without features) are what `gpo-bench run` takes as flags."""
+    (default minilm; ignored by methods without features) are what `gpo-bench run` takes as flags; `strict` makes
+    the loader's warnings (unknown names, empty files) errors, as `--strict` does."""
     from .loaders.common import resolve_data_dir
     from .runner import RunSpec, execute, run_id
 
@@ -75,7 +77,7 @@ def run(
     )
     output_dir = Path(output_dir)
     cache = None if cache_dir is None else Path(cache_dir)
-    result = execute(spec, resolve_data_dir(data_dir), output_dir, device, force, resume, cache)
+    result = execute(spec, resolve_data_dir(data_dir), output_dir, device, force, resume, cache, strict=strict)
     record = read_record(output_dir / "runs" / run_id(result["spec"]))
     return replace(record, reused=bool(result.get("reused")))
 

@@ -37,6 +37,7 @@ TASK_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
     "instruction": ((str,), False, "Answer the following question by picking ONE of the given options"),
     "candidate_format": ((str,), False, "lettered_options"),
     "reference": ((str, type(None)), False, None),
+    "strict": ((bool,), False, False),  # the loader's warnings (unknown names, empty files) become errors
 }
 METHOD_FIELDS: dict[str, tuple[tuple[type, ...], bool, Any]] = {
     "name": ((str,), True, None),
@@ -190,6 +191,7 @@ class TaskCard:
     candidate_format: str
     reference: str | None
     path: str
+    strict: bool = False
 
     @classmethod
     def from_file(cls, path: Path) -> TaskCard:

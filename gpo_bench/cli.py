@@ -172,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         force=args.force,
         resume=args.resume,
         cache_dir=args.cache_dir,
+        strict=args.strict,
     )
     result = {**record.result(), "run_folder": str(record.folder)}
     if record.reused:
@@ -199,7 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     }
     runs = plan(make_grid(args.file, flags))
     options = absolute(
-        Options(resolve_data_dir(args.data_dir), args.output_dir, args.device, args.force, args.cache_dir)
+        Options(resolve_data_dir(args.data_dir), args.output_dir, args.device, args.force, args.cache_dir, args.strict)
     )
     if args.dry_run:
         print(describe(runs, options))
@@ -327,6 +328,13 @@ def include_parser() -> argparse.ArgumentParser:
     return parent
 
 
+STRICT_HELP = (
+    "make the loader's warnings errors: a group key, option or answer the source names that no card or question knows, "
+    "a file with no data rows, a duplicate row that contradicts its first copy (a task card's 'strict: true' does it "
+    "for every run of the task)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = include_parser()
     parser = argparse.ArgumentParser(
@@ -390,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a method card setting, e.g. --set max_steps=2000 (repeatable)",
     )
     run.add_argument("--force", action="store_true", help="run again even if this spec already finished")
+    run.add_argument("--strict", action="store_true", help=STRICT_HELP)
     run.add_argument("--resume", action="store_true", help="continue an interrupted training from its checkpoint")
     run.set_defaults(func=cmd_run)
 
@@ -485,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs each Ray task asks for, e.g. 1, or 0.25 to share a GPU between four runs (default 0)",
     )
     sweep.add_argument("--force", action="store_true", help="run every run again, even finished ones")
+    sweep.add_argument("--strict", action="store_true", help=STRICT_HELP)
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     sweep.set_defaults(func=cmd_sweep)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ import numpy as np
 from .errors import DataError
 
 SUM_TOLERANCE = 1e-4
+EXAMPLES_PER_REASON = 3
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,25 @@ class Group:
     respondents: dict[str, float] = field(default_factory=dict)  # item id → people behind the target, where known
 
 
+class Drops(Counter):
+    """What a loader dropped: a count per reason, and for each reason the first few concrete examples
+    (`file`, `question`, `group`, `value`: whichever apply) so that a drop can be traced in result.json."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.examples: dict[str, list[dict[str, str]]] = {}
+
+    def add(self, reason: str, n: int = 1, **example: object) -> None:
+        """Count `n` drops for `reason`; keep `example` (its values as text) among the first few."""
+        self[reason] += n
+        if example and len(kept := self.examples.setdefault(reason, [])) < EXAMPLES_PER_REASON:
+            kept.append({key: str(value)[:200] for key, value in example.items() if value is not None})
+
+
 @dataclass
 class TaskData:
-    """A loaded task: items, groups, the headline metric and what the loader dropped (with counts)."""
+    """A loaded task: items, groups, the headline metric, what the loader dropped (counts and a few examples per
+    reason), what it warned about, and the digest of every raw file it read (`sources`, path → sha256)."""
 
     name: str
     metric: str
@@ -54,6 +72,9 @@ class TaskData:
     groups: dict[str, Group]
     drops: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    drop_examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Every target is a finite distribution over its item's candidates; no group is empty."""
@@ -80,7 +101,17 @@ class TaskData:
                 {i: source.partition[i] for i in keep if i in source.partition},
                 {i: source.respondents[i] for i in keep if i in source.respondents},
             )
-        return TaskData(self.name, self.metric, self.items, groups, self.drops, self.notes)
+        return TaskData(
+            self.name,
+            self.metric,
+            self.items,
+            groups,
+            self.drops,
+            self.notes,
+            self.drop_examples,
+            self.warnings,
+            self.sources,
+        )
 
     def fingerprint(self) -> str:
         """A hash of everything a method or metric can see, so results can be tied to their data."""

@@ -14,15 +14,16 @@ import json
 import logging
 import re
 import sqlite3
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import unknown_name
+from .errors import CardError, unknown_name
 from .files import path_error
-from .models import default_cache_dir, folder_fingerprint, model_folder, resolve_device
+from .models import CACHE_ENV, default_cache_dir, folder_fingerprint, model_folder, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ DEFAULT_ENCODER = "minilm"
 BOW_DIM = 512
 
 
+class EncoderSpecError(CardError):
+    """An `--encoder` value whose settings do not parse (a user's mistake, reported as a card or flag error is);
+    the message names the flag, the setting and its type."""
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """What `--encoder NAME[,key=value...]` names; every field changes the vectors."""
@@ -61,10 +67,18 @@ class EncoderSpec:
         spec = cls(model=model)
         fields = set(asdict(spec)) - {"model"}
         for pair in pairs:
-            key, sep, value = pair.partition("=")
+            key, sep, value = (part.strip() for part in pair.partition("="))
             if not sep or key not in fields:
-                raise unknown_name("encoder setting", key or pair, sorted(fields))
-            spec = replace(spec, **{key: int(value) if key == "max_length" else value})
+                raise unknown_name(f"encoder setting (in --encoder {text!r})", key or pair, sorted(fields))
+            if key == "max_length":
+                if not value.isdigit() or int(value) < 1:
+                    raise EncoderSpecError(
+                        f"--encoder {text!r}: max_length must be a whole number of tokens ≥ 1, got {value!r}"
+                    )
+                value = int(value)
+            elif not value:
+                raise EncoderSpecError(f"--encoder {text!r}: {key} has no value (write {key}=VALUE)")
+            spec = replace(spec, **{key: value})
         for name, value, allowed in (
             ("pooling", spec.pooling, POOLINGS),
             ("template", spec.template, TEMPLATES),
@@ -139,15 +153,17 @@ class EmbeddingCache:
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=5)
-        self.db = db
+        try:
+            self.db = sqlite3.connect(self.path, timeout=5)
+        except sqlite3.OperationalError as error:  # a cold cache in a folder that cannot be written
+            raise RuntimeError(self._unwritable(error)) from None
         self._call(
             lambda db: db.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key TEXT PRIMARY KEY, meta TEXT, text TEXT, dim INTEGER, "
                 "checksum TEXT, vector BLOB)"
             )
         )
-        return db
+        return self.db  # where the database was moved aside, the connection to the new one
 
     def _call(self, operation):
         """Run `operation(db)`; wait once for a lock, rebuild once a corrupt database."""
@@ -156,6 +172,8 @@ class EmbeddingCache:
             try:
                 return operation(self.db)
             except sqlite3.OperationalError as error:
+                if "unable to open" in str(error) or "readonly" in str(error):
+                    raise RuntimeError(self._unwritable(error)) from None
                 if "locked" not in str(error) and "busy" not in str(error):
                     raise RuntimeError(f"embedding cache {self.path}: {error}") from None
                 if waited:
@@ -173,11 +191,24 @@ class EmbeddingCache:
                 self._move_aside(error)
                 rebuilt = True
 
+    def _unwritable(self, error: Exception) -> str:
+        return (
+            f"embedding cache {self.path} cannot be opened or written ({error}); its folder must be writable: "
+            f"choose another with --cache-dir DIR (or ${CACHE_ENV}=DIR)"
+        )
+
     def _move_aside(self, error: Exception) -> None:
+        """Rename the unreadable database (and its journal files) to a name no earlier quarantine holds, so that
+        every corrupt original is kept, then start an empty one."""
         self.db.close()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-journal", "-wal", "-shm"):
+        suffixes = ("", "-journal", "-wal", "-shm")
+        number = 1
+        while any(Path(f"{aside}{suffix}").exists() for suffix in suffixes):
+            number += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{number}")
+        for suffix in suffixes:
             source = Path(f"{self.path}{suffix}")
             if source.exists():
                 source.replace(f"{aside}{suffix}")
@@ -262,6 +293,7 @@ class Encoder:
         texts = self.render(triples)
         unique = list(dict.fromkeys(texts))
         found = self.cache.get(self.meta, unique)
+        self._drop_other_sizes(found)
         missing = [t for t in unique if t not in found]
         self.stats["hits"] += len(found)
         self.stats["misses"] += len(missing)
@@ -273,11 +305,36 @@ class Encoder:
             len(missing),
         )
         if missing:
-            fresh = self._encode(missing)
-            computed = dict(zip(missing, fresh, strict=True))
+            computed = dict(zip(missing, self._encode(missing), strict=True))
+            stale = self._drop_other_sizes(found, len(next(iter(computed.values()))))
+            if stale:
+                computed.update(zip(stale, self._encode(stale), strict=True))
             self.cache.put(self.meta, computed)
             found.update(computed)
         return np.stack([found[t] for t in texts]).astype(np.float32)
+
+    def _drop_other_sizes(self, found: dict[str, np.ndarray], size: int | None = None) -> list[str]:
+        """Remove from `found` the cached vectors whose size is not `size` (default: the most common size among
+        them; a cache written by another model under the same key), warning; their texts are returned to be
+        encoded again."""
+        sizes = Counter(len(v) for v in found.values())
+        if size is None:
+            if len(sizes) < 2:
+                return []
+            size = sizes.most_common(1)[0][0]
+        stale = [text for text, vector in found.items() if len(vector) != size]
+        for text in stale:
+            del found[text]
+        if stale:
+            log.warning(
+                "embedding cache %s: %d cached vector(s) are not of size %d like the others (first for %r); "
+                "recomputing them",
+                self.cache.path,
+                len(stale),
+                size,
+                stale[0][:60],
+            )
+        return stale
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self.folder is None:

@@ -27,9 +27,12 @@ HUB_HINTS = {
 }
 
 
+CACHE_ENV = "GPO_BENCH_CACHE"
+
+
 def default_cache_dir() -> Path:
     """`$GPO_BENCH_CACHE`, else ~/.cache/gpo-bench: embeddings and dequantized models."""
-    return Path(os.environ.get("GPO_BENCH_CACHE", Path.home() / ".cache" / "gpo-bench"))
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "gpo-bench"))
 
 
 def resolve_device(device: str) -> str:

@@ -124,6 +124,17 @@ def split_groups(group_ids: list[str], train_frac: float, val_frac: float, split
     return Split(train=tuple(chosen[:-n_val]), validation=tuple(chosen[-n_val:]), test=test)
 
 
+def split_warning(split: Split, train_frac: float) -> str | None:
+    """A split that leaves a single test group gives a confidence interval of width zero (the interval is over
+    test groups): say so, naming the flag."""
+    if len(split.test) != 1:
+        return None
+    return (
+        f"the train fraction {train_frac} leaves 1 test group ({split.test[0]}): its score has no spread over groups, "
+        "so its 95% CI has width zero; lower --train-frac (or the card's train_frac) to test 2 or more"
+    )
+
+
 def md5_seed(user: str, seed: int) -> int:
     return seed + int(hashlib.md5(user.encode()).hexdigest(), 16) % 2**32
 
@@ -145,7 +156,10 @@ def split_users(task: TaskData, protocol: str, settings: dict, val_frac: float, 
     n_seen = round(len(order) * rules["seen_frac"])
     seen, unseen = order[:n_seen], order[n_seen:]
     if len(seen) < 2:
-        raise DataError(f"protocol {protocol}: {len(seen)} seen users with training pairs and test pairs; need 2")
+        raise DataError(
+            f"protocol {protocol}: {len(seen)} seen users with training pairs and test pairs; need 2 "
+            f"({len(users)} of {len(pools)} users have both a training pool and test pairs)"
+        )
     capped = {}
     for user in order:
         pool = list(pools[user])

@@ -2,8 +2,9 @@
 `predictions.jsonl`, `items.jsonl` (the predicted items' prompts and candidates, for the web report) and
 `result.json`, all written atomically under the run folder's lock. A run is finished when its `result.json`
 parses, follows `result.schema.json`, and names the predictions.jsonl beside it by line count and sha256;
-running the same spec again reuses a finished run on the same data unless forced, and runs anything else
-again, saying why."""
+running the same spec again reuses a finished run on the same data (the same loaded data, read from raw files of
+the same sha256) unless forced, without taking the lock or writing anything, and runs anything else again,
+saying why."""
 
 from __future__ import annotations
 
@@ -34,10 +35,11 @@ from .errors import DataError
 from .features import build_features
 from .files import file_digest, folder_lock, remove_temp_files, write_atomic
 from .loaders import load_task
+from .loaders.common import strict_error
 from .methods.base import Setup
 from .metrics import CEILING_METHOD, ceiling_seed, group_table, item_score, sampling_ceiling, summarize
 from .models import resolve_device
-from .protocol import Episode, derived_rng, draw_episode, make_split, visible_task
+from .protocol import Episode, derived_rng, draw_episode, make_split, split_warning, visible_task
 from .registry import METHODS
 from .stats import CI_METHOD, grand_mean
 
@@ -210,11 +212,31 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
-def run_state(run_dir: Path, fingerprint: str | None) -> tuple[str, dict | None, str]:
+def data_identity(task: TaskData) -> dict:
+    """What a finished run must have been computed on: the loaded data's fingerprint and the sha256 of every raw
+    file the loader read (data that load the same from changed files still run again)."""
+    return {"fingerprint": task.fingerprint(), "sources": task.sources}
+
+
+def changed_sources(recorded: dict | None, now: dict) -> str | None:
+    """Why the raw files read now differ from those a run recorded, or None."""
+    if recorded is None:
+        return "it records no digest of the files it read (made by an older gpo-bench)"
+    changed = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+    if not changed:
+        return None
+    shown = ", ".join(
+        f"{n} ({'not read then' if n not in recorded else 'not read now' if n not in now else 'changed'})"
+        for n in changed[:3]
+    )
+    return f"its source files differ: {shown}" + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
+def run_state(run_dir: Path, identity: dict | None) -> tuple[str, dict | None, str]:
     """(state, result, why) of a run folder. `finished`: result.json parses, follows the schema, belongs to
     this folder and names the predictions.jsonl beside it by line count and sha256, on data of this
-    `fingerprint` (None: not checked). `other-data`: the same but computed on other data. `new`: no
-    result.json. `broken`: anything else; `why` says what."""
+    `identity` (`data_identity`; None: not checked). `other-data`: the same but computed on other data or other
+    source files. `new`: no result.json. `broken`: anything else; `why` says what. Reads only."""
     path = run_dir / RESULT_FILE
     if not path.exists():
         return "new", None, f"{path} does not exist"
@@ -242,12 +264,18 @@ def run_state(run_dir: Path, fingerprint: str | None) -> tuple[str, dict | None,
                 f"{recorded['lines']} lines (sha256 {recorded['sha256'][:12]}…) result.json was computed with"
             ),
         )
-    if fingerprint is not None and result["data"]["fingerprint"] != fingerprint:
+    if identity is None:
+        return "finished", result, "finished"
+    if result["data"]["fingerprint"] != identity["fingerprint"]:
         return (
             "other-data",
             result,
-            (f"{path} was computed on other data (fingerprint {result['data']['fingerprint']}, now {fingerprint})"),
+            f"{path} was computed on other data (fingerprint {result['data']['fingerprint']}, "
+            f"now {identity['fingerprint']})",
         )
+    changed = changed_sources(result["data"].get("sources"), identity["sources"])
+    if changed:
+        return "other-data", result, f"{path} was computed on other input: {changed}"
     return "finished", result, "finished"
 
 
@@ -330,9 +358,12 @@ def execute(
     force: bool = False,
     resume: bool = False,
     cache_dir: Path | None = None,
+    strict: bool = False,
 ) -> dict:
-    """Run a spec (or reuse its finished run) and return its result.json content. The run folder's lock
-    is held throughout, so a second process on the same spec waits and then reuses this one's result."""
+    """Run a spec (or reuse its finished run) and return its result.json content. A finished run is reused
+    without the lock (nothing is written; a read-only folder will do). Otherwise the run folder's lock is held
+    throughout, so a second process on the same spec waits and then reuses this one's result. `strict`: the
+    loader's warnings are an error."""
     resolved = spec.resolved()
     rid = run_id(resolved)
     run_dir = output_dir / "runs" / rid
@@ -340,11 +371,19 @@ def execute(
     started = time.perf_counter()
     task_card = load_task_card(spec.task)
     task = limit_items(load_task(task_card, data_dir), resolved["limit_items"])
+    if strict and task.warnings:
+        raise strict_error(task.warnings, "--strict")
     timings["load_s"] = time.perf_counter() - started
-    with folder_lock(run_dir):
-        state, previous, why = run_state(run_dir, task.fingerprint())
-        if state == "finished" and not force:
+    identity = data_identity(task)
+    if not force:
+        state, previous, _ = run_state(run_dir, identity)
+        if state == "finished":
             log.info("reusing finished run %s (pass --force to run it again)", run_dir)
+            return {**previous, "reused": True}
+    with folder_lock(run_dir):
+        state, previous, why = run_state(run_dir, identity)
+        if state == "finished" and not force:
+            log.info("reusing finished run %s, finished by another process meanwhile", run_dir)
             return {**previous, "reused": True}
         if state == "other-data":
             resume = False  # a checkpoint in the folder was trained on the other data too
@@ -369,14 +408,23 @@ def _execute(
 ) -> dict:
     rid = run_dir.name
     device = resolve_device(device)
-    split = make_split(
-        task,
-        task_card.protocol,
-        task_card.protocol_settings,
-        resolved["train_frac"],
-        resolved["val_frac"],
-        resolved["split_seed"],
-    )
+    try:
+        split = make_split(
+            task,
+            task_card.protocol,
+            task_card.protocol_settings,
+            resolved["train_frac"],
+            resolved["val_frac"],
+            resolved["split_seed"],
+        )
+    except DataError as error:
+        if not task.warnings:
+            raise
+        raise DataError(f"{error} (loading warned: {'; '.join(task.warnings[:3])})") from None
+    warnings = list(task.warnings)
+    if (problem := split_warning(split, resolved["train_frac"])) is not None:
+        log.warning("%s", problem)
+        warnings.append(problem)
     visible = visible_task(task, split)
     implementation = METHODS.get(resolved["implementation"])
 
@@ -466,7 +514,10 @@ def _execute(
             "groups": len(task.groups),
             "items": len(task.items),
             "drops": task.drops,
+            "drop_examples": task.drop_examples,
             "notes": task.notes,
+            "warnings": warnings,
+            "sources": task.sources,
         },
         "fit": fits,
         "predict": reports,

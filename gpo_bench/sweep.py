@@ -36,7 +36,18 @@ from .encoders import DEFAULT_ENCODER
 from .errors import CardError, DataError
 from .methods.base import Method
 from .registry import METHODS
-from .runner import ERROR_FILE, RESULT_FILE, RunSpec, execute, limit_items, load_task, run_id, run_state, write_atomic
+from .runner import (
+    ERROR_FILE,
+    RESULT_FILE,
+    RunSpec,
+    data_identity,
+    execute,
+    limit_items,
+    load_task,
+    run_id,
+    run_state,
+    write_atomic,
+)
 from .workers import usable_cores, worker_pool
 
 log = logging.getLogger(__name__)
@@ -214,6 +225,7 @@ class Options:
     device: str = "auto"
     force: bool = False
     cache_dir: Path | None = None
+    strict: bool = False  # the loaders' warnings are errors
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,7 @@ def run_one(run: PlannedRun, options: Options) -> Outcome:
             force=options.force,
             resume=not options.force,
             cache_dir=options.cache_dir,
+            strict=options.strict,
         )
     except Exception as error:  # one failing run must not stop the others
         message = f"{type(error).__name__}: {' '.join(str(error).split())}"
@@ -417,7 +430,7 @@ def run_states(runs: list[PlannedRun], options: Options) -> dict[str, tuple[str,
     """run id → (state, why) from `runner.run_state`, checked against the data each run would load now
     (loaded once per task and item limit). A run whose data cannot be loaded is `to run`: it fails in its
     own process, with its own error.json."""
-    fingerprints: dict[tuple, str | None] = {}
+    fingerprints: dict[tuple, dict | None] = {}
     states = {}
     for run in runs:
         folder = run.folder(options.output_dir)
@@ -428,7 +441,7 @@ def run_states(runs: list[PlannedRun], options: Options) -> dict[str, tuple[str,
         if key not in fingerprints:
             try:
                 task = load_task(load_task_card(key[0]), options.data_dir)
-                fingerprints[key] = limit_items(task, key[1]).fingerprint()
+                fingerprints[key] = data_identity(limit_items(task, key[1]))
             except DataError as error:
                 log.warning("cannot load task %s to check its finished runs (%s)", key[0], error)
                 fingerprints[key] = None
@@ -460,7 +473,6 @@ def sweep(
     result.json is broken or was computed on other data runs again, and the log says why."""
     runs = list(runs)
     started = time.perf_counter()
-    check_writable(options.output_dir / "runs")
     result = SweepReport(total=len(runs))
     states = {} if options.force else run_states(runs, options)
     pending = []
@@ -472,6 +484,8 @@ def sweep(
         if state in ("broken", "other-data"):
             log.warning("%s; running it again", why)
         pending.append(run)
+    if pending:  # finished runs are only read: a read-only output folder will do for them
+        check_writable(options.output_dir / "runs")
     progress = tqdm(total=len(pending), desc="sweep", unit="run")
 
     def report(run: PlannedRun, outcome: Outcome) -> None:

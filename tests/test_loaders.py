@@ -9,7 +9,7 @@ from gpo_bench.cards import load_task_card
 from gpo_bench.errors import DataError
 from gpo_bench.loaders import load_task
 from gpo_bench.loaders.globalopinionqa import load_globalopinionqa, parse_selections
-from gpo_bench.loaders.opinionqa import load_opinionqa
+from gpo_bench.loaders.opinionqa import CONFLICTING_DUPLICATE, load_opinionqa
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -68,9 +68,22 @@ def test_opinionqa_22group_rows_on_real_data(data_dir):
     task = load_opinionqa(load_task_card("opinionqa_22groups"), data_dir)
     assert len(task.groups) == 22
     unmatched = task.drops["rows with no wave question of the same text and options"]
-    matched = sum(len(g.targets) for g in task.groups.values()) + task.drops.get("duplicate (group, question) rows", 0)
+    repeated = task.drops.get("duplicate (group, question) rows", 0) + task.drops.get(CONFLICTING_DUPLICATE, 0)
+    matched = sum(len(g.targets) for g in task.groups.values()) + repeated
     assert matched + unmatched == 4475  # every row is either used or reported
     assert task.groups["RELIG_Atheist"].targets
+    # the release repeats one (group, question) with another distribution: counted apart, traced, warned about
+    (example,) = task.drop_examples[CONFLICTING_DUPLICATE]
+    assert example["group"] == "RELIG_Jewish" and example["question"] == "HARASS4_W32"
+    rows = json.loads((data_dir / "opinionqa-22groups/steerable_opinionqa_22groups.json").read_text())
+    prompt = task.items["HARASS4_W32"].prompt
+    copies = [
+        r["gold_distribution"]
+        for r in rows
+        if r["attribute"] == "RELIG_Jewish" and r["question"].startswith(f"Question: {prompt}\nOptions: ")
+    ]
+    assert len(copies) == 2 and copies[0] != copies[1]  # read independently: two rows that disagree
+    assert any("row 4316" in w and "another distribution" in w for w in task.warnings)
 
 
 def test_opinionqa_without_data_says_what_to_pass():

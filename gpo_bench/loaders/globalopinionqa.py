@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ..cards import TaskCard
-from ..data import Group, Item, TaskData, normalize
+from ..data import Drops, Group, Item, TaskData, normalize
 from ..errors import DataError
 from ..registry import LOADERS
-from .common import SOURCES, SourceFile, download_hub_file, from_hub, parse_literal, read_csv
+from .common import (
+    SOURCES,
+    SourceFile,
+    download_hub_file,
+    from_hub,
+    missing_groups,
+    parse_literal,
+    read_csv,
+    reads_sources,
+    warn,
+)
 
 log = logging.getLogger(__name__)
 
 LOCAL = "globalopinionqa"
 HUB_FILE = "data/global_opinions.csv"
 DEFAULTDICT_PREFIX = "defaultdict(<class 'list'>, "
+CONFLICTING_DUPLICATE = "(country, question) rows repeating an earlier row with another distribution"
 
 
 def parse_selections(text: str, where: str) -> dict[str, list[float]]:
@@ -54,14 +64,29 @@ def find_csvs(card: TaskCard, data_dir: Path | None) -> list[Path]:
 SOURCES["globalopinionqa"] = lambda card: [SourceFile(f"{LOCAL}/global_opinions.csv", hub_path=HUB_FILE)]
 
 
+def without_carriage_returns(path: Path, column: str, values: list[str]) -> list[str]:
+    """A file saved with Windows line ends puts CR LF inside quoted multi-line questions, which would give their
+    items other ids than the release's: line ends become LF, with a warning naming the file and the first row."""
+    changed = [n for n, v in enumerate(values) if "\r" in v]
+    if changed:
+        warn(
+            f"{path}: {len(changed)} value(s) of column {column!r} hold carriage returns (\\r, Windows line ends; "
+            f"first: row {changed[0] + 2}); read as \\n line ends"
+        )
+    return [v.replace("\r\n", "\n").replace("\r", "\n") for v in values]
+
+
 @LOADERS.register("globalopinionqa", "GlobalOpinionQA: Anthropic/llm_global_opinions or a local CSV")
+@reads_sources
 def load_globalopinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
     wanted = set(card.groups) if card.groups else None
-    drops: Counter = Counter()
+    drops = Drops()
     items: dict[str, Item] = {}
     groups: dict[str, Group] = {}
     for path in find_csvs(card, data_dir):
         frame = read_csv(path, ["question", "selections", "options"])
+        for column in ("question", "options"):
+            frame[column] = without_carriage_returns(path, column, list(frame[column]))
         for row_number, row in enumerate(frame.itertuples(index=False), start=2):
             where = f"{path} row {row_number}"
             options = parse_literal(row.options, f"{where} column 'options'")
@@ -70,14 +95,15 @@ def load_globalopinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
             options = [str(o) for o in options]
             selections = parse_selections(row.selections, where)
             if len(options) < 2:
-                drops["questions with fewer than 2 options"] += 1
+                drops.add("questions with fewer than 2 options", file=where, value=options)
                 continue
             item = Item(item_id(row.question, options), row.question, tuple(options))
             for country, values in selections.items():
                 if wanted is not None and country not in wanted:
                     continue
+                example = {"file": where, "question": item.id, "group": country}
                 if not isinstance(values, list | tuple) or len(values) != len(options):
-                    drops["distributions whose length differs from the options"] += 1
+                    drops.add("distributions whose length differs from the options", **example, value=values)
                     continue
                 bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float) or v < 0]
                 if bad:
@@ -86,22 +112,27 @@ def load_globalopinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
                     )
                 target = normalize(np.asarray(values, dtype=float))
                 if target is None or not np.all(np.isfinite(target)):
-                    drops["empty, zero-sum or non-finite distributions"] += 1
+                    drops.add("empty, zero-sum or non-finite distributions", **example, value=values)
                     continue
                 group = groups.setdefault(country, Group(country))
                 if item.id in group.targets:
-                    drops["duplicate (country, question) rows"] += 1
+                    if np.allclose(group.targets[item.id], target):
+                        drops.add("duplicate (country, question) rows", **example)
+                    else:
+                        drops.add(CONFLICTING_DUPLICATE, **example, value=values)
+                        warn(
+                            f"{where}: repeats {country!r}'s answer to question {row.question[:60]!r} with another "
+                            "distribution; the first row is kept"
+                        )
                     continue
                 group.targets[item.id] = target
                 items[item.id] = item
     order = list(card.groups) if card.groups else sorted(groups)
-    missing = [g for g in order if g not in groups]
-    notes = []
-    if missing:
-        notes.append(f"groups not found in the source: {', '.join(missing)}")
-        log.warning("%s: groups not found in the source: %s", card.name, missing)
+    notes = missing_groups(card, order, groups)
     for reason, count in sorted(drops.items()):
         log.info("%s: dropped %d %s", card.name, count, reason)
-    task = TaskData(card.name, card.metric, items, {g: groups[g] for g in order if g in groups}, dict(drops), notes)
+    task = TaskData(
+        card.name, card.metric, items, {g: groups[g] for g in order if g in groups}, dict(drops), notes, drops.examples
+    )
     task.validate()
     return task

@@ -5,6 +5,8 @@ format makes each respondent of `responses.csv` a group (`W<wave>-<QKEY>`), one-
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
 import re
 from collections import Counter
@@ -13,11 +15,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cards import TaskCard
-from ..data import Group, Item, TaskData, normalize
-from ..errors import DataError, unknown_name
+from ..cards import TaskCard, load_task_card
+from ..data import Drops, Group, Item, TaskData, normalize
+from ..discovery import task_names
+from ..errors import CardError, DataError, unknown_name
 from ..registry import LOADERS
-from .common import check_count, no_source_error, parse_literal, read_csv, read_json, row_errors
+from .common import (
+    check_count,
+    missing_groups,
+    no_source_error,
+    parse_literal,
+    read_csv,
+    read_json,
+    reads_sources,
+    row_errors,
+    warn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +39,11 @@ ROWS_FILE = "opinionqa-22groups/steerable_opinionqa_22groups.json"
 DISAGREEMENT = "Pew_American_Trends_Panel_disagreement_500"
 FORMATS = ("auto", "counts", "responses", "rows", "individual")
 UNKNOWN_OPTION = "(group, question) pairs whose counts name an option that is not in info.csv"
+UNKNOWN_ANSWER = "respondent answers that are none of the question's options"
+CONFLICTING_DUPLICATE = "(group, question) rows repeating an earlier row with another distribution"
 
 
-def read_wave_questions(wave: Path, drops: Counter, options: dict[str, tuple[str, ...]]) -> dict[str, Item]:
+def read_wave_questions(wave: Path, drops: Drops, options: dict[str, tuple[str, ...]]) -> dict[str, Item]:
     """A wave's `info.csv` → items: the non-refusal options (those with an ordinal value). `options`
     receives every question's option texts, refusals included. A key on several rows that differ (the
     release has a few: one key, one question text per race) cannot be tied to its answers: dropped, counted."""
@@ -39,7 +54,7 @@ def read_wave_questions(wave: Path, drops: Counter, options: dict[str, tuple[str
         where = f"{path} row {row_number} ({row.key})"
         content = (row.question, row.references, row.option_ordinal)
         if row.key in first_row:
-            drops["info.csv rows repeating a question key"] += 1
+            drops.add("info.csv rows repeating a question key", file=f"{path} row {row_number}", question=row.key)
             if first_row[row.key] != content and row.key not in ambiguous:
                 ambiguous.add(row.key)
                 log.warning("%s: key %s names several different questions; dropped", path, row.key)
@@ -56,10 +71,16 @@ def read_wave_questions(wave: Path, drops: Counter, options: dict[str, tuple[str
         # OpinionQA gives ordinal values to the substantive options only; the rest are refusals.
         candidates = tuple(references[: len(ordinal)])
         if len(candidates) < 2 or max(ordinal) == min(ordinal):
-            drops["questions with fewer than 2 ordered non-refusal options"] += 1
+            drops.add(
+                "questions with fewer than 2 ordered non-refusal options",
+                file=f"{path} row {row_number}",
+                question=row.key,
+                value=candidates,
+            )
             continue
         items[row.key] = Item(row.key, row.question, candidates, tuple(ordinal))
-    drops["questions whose key names several different info.csv rows"] += len(ambiguous)
+    for key in sorted(ambiguous):
+        drops.add("questions whose key names several different info.csv rows", file=path, question=key)
     return {key: item for key, item in items.items() if key not in ambiguous}
 
 
@@ -89,13 +110,14 @@ def add_target(
     group_id: str,
     item: Item,
     weights: np.ndarray,
-    drops: Counter,
+    drops: Drops,
     respondents: float | None = None,
+    where: str | None = None,
 ) -> None:
     """File the group's distribution for `item` (and how many people stand behind it, where known)."""
     target = normalize(weights)
     if target is None:
-        drops["(group, question) pairs with no non-refusal answers"] += 1
+        drops.add("(group, question) pairs with no non-refusal answers", file=where, question=item.id, group=group_id)
         return
     group = groups.setdefault(group_id, Group(group_id))
     group.targets[item.id] = target
@@ -104,12 +126,20 @@ def add_target(
 
 
 def load_counts(
-    wave: Path, items: dict[str, Item], options: dict, wanted: list[str], groups: dict, drops: Counter, seen: dict
+    wave: Path,
+    items: dict[str, Item],
+    options: dict,
+    wanted: list[str],
+    groups: dict,
+    drops: Drops,
+    seen: dict,
+    vocab: dict[tuple[str, Path], Counter],
 ) -> None:
     """`<ATTR>_data.json`: {question key: {group value: {option text: count}}}. A count that is not a
     number ≥ 0 is an error; an option text that is not one of info.csv's drops the (group, question) pair
-    (counted and logged), as does a group value missing for a question. `seen` collects, per attribute,
-    the file and the group values found, to catch a misspelled group."""
+    (counted and warned about), as does a group value missing for a question. `seen` collects, per attribute,
+    the file and the group values found, to catch a misspelled group; `vocab[(attribute, path)]` counts, per
+    group value, the questions of that file naming it (key None: all its questions), to catch a misspelled key."""
     for attribute in sorted({split_group(g)[0] for g in wanted}):
         path = wave / f"{attribute}_data.json"
         if not path.exists():
@@ -123,6 +153,9 @@ def load_counts(
                     f"{path}: question {key}: expected {{group value: {{option: count}}}}, got {per_value!r:.60}"
                 )
             seen.setdefault(attribute, (path, set()))[1].update(v for v, c in per_value.items() if isinstance(c, dict))
+            per_file = vocab.setdefault((attribute, path), Counter())
+            per_file.update(list(per_value))
+            per_file[None] += 1  # the file's number of questions
             item = items.get(key)
             if item is None:
                 continue
@@ -131,7 +164,9 @@ def load_counts(
                 if attr != attribute:
                     continue
                 if value not in per_value:
-                    drops["(group, question) pairs absent from the count file"] += 1
+                    drops.add(
+                        "(group, question) pairs absent from the count file", file=path, question=key, group=value
+                    )
                     continue
                 where = f"{path}: question {key} group {value!r}"
                 counts = per_value[value]
@@ -141,15 +176,20 @@ def load_counts(
                     check_count(count, f"{where} option {option!r}")
                 unknown = [option for option in counts if option not in options[key]]
                 if unknown:
-                    drops[UNKNOWN_OPTION] += 1
-                    log.warning("%s: option %r is not an option of info.csv; pair dropped", where, unknown[0])
+                    drops.add(UNKNOWN_OPTION, file=path, question=key, group=value, value=unknown[0])
+                    known = difflib.get_close_matches(unknown[0], options[key], n=3, cutoff=0.4)
+                    warn(
+                        f"{where}: option {unknown[0]!r} is not an option of {wave / 'info.csv'}"
+                        + (f" (closest: {', '.join(map(repr, known))})" if known else "")
+                        + "; pair dropped"
+                    )
                     continue
                 weights = np.array([counts.get(o, 0.0) for o in item.candidates], dtype=float)
-                add_target(groups, group_id, item, weights, drops, respondents=weights.sum())
+                add_target(groups, group_id, item, weights, drops, respondents=weights.sum(), where=str(path))
 
 
 def load_responses(
-    wave: Path, items: dict[str, Item], options: dict, wanted: list[str], groups: dict, drops: Counter, seen: dict
+    wave: Path, items: dict[str, Item], options: dict, wanted: list[str], groups: dict, drops: Drops, seen: dict
 ) -> None:
     """`responses.csv`: one row per respondent, answers as option texts, `WEIGHT_W<wave>`. Answers that
     are none of info.csv's options are counted and left out."""
@@ -163,9 +203,28 @@ def load_responses(
     keys = [k for k in frame.columns if k in items]
     for key in keys:
         answers = frame[key]
-        drops["respondent answers that are none of the question's options"] += int(
-            (~answers.isin(options[key]) & answers.str.strip().ne("")).sum()
-        )
+        odd = ~answers.isin(options[key]) & answers.str.strip().ne("")
+        if odd.any():
+            row = int(odd.to_numpy().argmax()) + 2
+            drops.add(
+                UNKNOWN_ANSWER, int(odd.sum()), file=f"{path} row {row}", question=key, value=answers[odd].iloc[0]
+            )
+            warn(
+                f"{path}: {int(odd.sum())} answer(s) to {key} are none of its options in info.csv "
+                f"(first: row {row}, {answers[odd].iloc[0]!r}); left out"
+            )
+    known: dict[str, set[str]] = {}
+    for group_id in known_group_ids(wanted):
+        known.setdefault(split_group(group_id)[0], set()).add(split_group(group_id)[1])
+    for attribute in sorted({split_group(g)[0] for g in wanted} & set(frame.columns)):
+        for value, count in frame[attribute].value_counts().items():
+            close = difflib.get_close_matches(value, sorted(known[attribute] - {value}), n=1, cutoff=0.8)
+            if value not in known[attribute] and close:
+                row = int((frame[attribute] == value).to_numpy().argmax()) + 2
+                warn(
+                    f"{path}: column {attribute} value {value!r} ({count} respondent(s), first row {row}) is no "
+                    f"group any task card knows, but close to {close[0]!r}; those respondents count in no group"
+                )
     for group_id in wanted:
         attribute, value = split_group(group_id)
         if attribute not in frame.columns:
@@ -180,31 +239,35 @@ def load_responses(
             answered = member_weights[answers.isin(item.candidates)]
             # Kish's effective sample size of the weighted answers: the ceiling's survey size
             kish = answered.sum() ** 2 / (answered**2).sum() if (answered**2).sum() > 0 else None
-            add_target(groups, group_id, item, totals, drops, respondents=kish)
+            add_target(groups, group_id, item, totals, drops, respondents=kish, where=str(path))
 
 
-def load_individuals(wave: Path, items: dict[str, Item], options: dict, groups: dict, drops: Counter) -> None:
+def load_individuals(wave: Path, items: dict[str, Item], options: dict, groups: dict, drops: Drops) -> None:
     """`responses.csv` read per respondent: each person (`QKEY`) is a group, one-hot on its answer."""
     path = wave / "responses.csv"
     frame = read_csv(path, ["QKEY"])
-    for row in frame.to_dict("records"):
+    unknown = 0
+    for number, row in enumerate(frame.to_dict("records"), start=2):
         group_id = f"{wave.name.rsplit('_', 1)[-1]}-{row['QKEY']}"
         person: dict[str, Group] = {}
         for key in (k for k in frame.columns if k in items):
             item = items[key]
             if row[key] not in item.candidates:
                 known = row[key] in options[key] or not row[key].strip()
-                drops[
-                    "respondent answers that are blank or a refusal"
-                    if known
-                    else "respondent answers that are none of the question's options"
-                ] += 1
+                reason = "respondent answers that are blank or a refusal" if known else UNKNOWN_ANSWER
+                drops.add(reason, file=f"{path} row {number}", question=key, group=group_id, value=row[key])
+                if not known:
+                    unknown += 1
+                    if unknown == 1:
+                        first = f"row {number}, {key}: {row[key]!r}"
                 continue
             add_target(person, group_id, item, np.eye(len(item.candidates))[item.candidates.index(row[key])], drops)
         if group_id in person and len(person[group_id].targets) >= 2:
             groups[group_id] = person[group_id]
         else:
-            drops["respondents with fewer than 2 answers"] += 1
+            drops.add("respondents with fewer than 2 answers", file=f"{path} row {number}", group=group_id)
+    if unknown:
+        warn(f"{path}: {unknown} answer(s) are none of their question's options in info.csv (first: {first}); left out")
 
 
 def check_group_values(card: TaskCard, wanted: list[str], seen: dict) -> None:
@@ -217,10 +280,44 @@ def check_group_values(card: TaskCard, wanted: list[str], seen: dict) -> None:
             raise unknown_name(f"value of {attribute} (group {group_id!r} of {card.path}; in {path})", value, values)
 
 
+def known_group_ids(wanted: list[str]) -> set[str]:
+    """The groups of this card and of every OpinionQA task card (a broken card is reported where it is used)."""
+    known = set(wanted)
+    for name in task_names():
+        with contextlib.suppress(CardError):
+            other = load_task_card(name)
+            if other.loader == "opinionqa":
+                known.update(str(g) for g in other.groups or [] if "_" in str(g))
+    return known
+
+
+def warn_unknown_group_keys(card: TaskCard, wanted: list[str], vocab: dict[tuple[str, Path], Counter]) -> None:
+    """Warn, naming the file and the closest known values, about a group key of a count file that no task card and
+    no wave knows: not a value of any card's groups, and not named by every question of two count files of its
+    attribute (of its only file, where there is one). The release's values are named by every question."""
+    card_values: dict[str, set[str]] = {}
+    for group_id in known_group_ids(wanted):
+        attribute, value = split_group(group_id)
+        card_values.setdefault(attribute, set()).add(value)
+    for attribute in sorted({a for a, _ in vocab}):
+        files = {path: counts for (a, path), counts in vocab.items() if a == attribute}
+        everywhere = Counter(v for counts in files.values() for v, n in counts.items() if v and n == counts[None])
+        known = card_values.get(attribute, set()) | {v for v, n in everywhere.items() if n >= min(2, len(files))}
+        for path, counts in sorted(files.items()):
+            for value in sorted(v for v in counts if v is not None and v not in known):
+                close = difflib.get_close_matches(value, sorted(known), n=3, cutoff=0.6)
+                warn(
+                    f"{path}: group key {value!r} (in {counts[value]} of {counts[None]} questions) is a value of "
+                    f"{attribute} that no task card and no other count file knows"
+                    + (f"; closest known: {', '.join(map(repr, close))}" if close else "")
+                    + "; its counts are not read"
+                )
+
+
 PROMPT_PATTERN = re.compile(r"^Question: (?P<question>.*)\nOptions: ", re.S)
 
 
-def load_rows(path: Path, wave_items: dict[str, Item], wanted: list[str], groups: dict, drops: Counter) -> None:
+def load_rows(path: Path, wave_items: dict[str, Item], wanted: list[str], groups: dict, drops: Drops) -> None:
     """The 22-group rows file: question text + options matched to a wave question exactly."""
     rows = read_json(path)
     if not isinstance(rows, list):
@@ -228,6 +325,7 @@ def load_rows(path: Path, wave_items: dict[str, Item], wanted: list[str], groups
     by_text: dict[tuple, list[Item]] = {}
     for item in wave_items.values():
         by_text.setdefault((item.prompt, item.candidates), []).append(item)
+    known, unknown = known_group_ids(wanted), Counter()
     for index, row in enumerate(rows):
         where = f"{path} row {index}"
         if not isinstance(row, dict):
@@ -238,28 +336,51 @@ def load_rows(path: Path, wave_items: dict[str, Item], wanted: list[str], groups
             if not isinstance(row[field], types):
                 raise DataError(f"{where}: field {field!r} must be a {types.__name__}, got {row[field]!r:.60}")
         if row["attribute"] not in wanted:
+            if row["attribute"] not in known:
+                unknown[row["attribute"]] += 1
             continue
         match = PROMPT_PATTERN.match(row["question"])
         if match is None:
             raise DataError(f"{where}: 'question' does not start with 'Question: …\\nOptions: '")
         gold = [check_count(v, f"{where} field 'gold_distribution'") for v in row["gold_distribution"]]
         candidates = by_text.get((match["question"], tuple(map(str, row["options"]))), [])
+        example = {"file": where, "group": row["attribute"]}
         if not candidates:
-            drops["rows with no wave question of the same text and options"] += 1
+            drops.add("rows with no wave question of the same text and options", **example, value=match["question"])
             continue
         if len({c.ordinal for c in candidates}) > 1:
-            drops["rows matching several wave questions with different ordinals"] += 1
+            drops.add(
+                "rows matching several wave questions with different ordinals",
+                **example,
+                question=", ".join(c.id for c in candidates),
+            )
             continue
         item = min(candidates, key=lambda c: c.id)
-        if item.id in groups.get(row["attribute"], Group("")).targets:
-            drops["duplicate (group, question) rows"] += 1
-            continue
         if len(gold) != len(item.candidates):
             raise DataError(f"{where}: {len(gold)} values in 'gold_distribution' for {len(item.candidates)} options")
-        add_target(groups, row["attribute"], item, np.asarray(gold), drops)
+        first = groups.get(row["attribute"], Group("")).targets.get(item.id)
+        if first is not None:
+            conflicting = (target := normalize(np.asarray(gold))) is None or not np.allclose(target, first)
+            reason = CONFLICTING_DUPLICATE if conflicting else "duplicate (group, question) rows"
+            drops.add(reason, **example, question=item.id, value=gold)
+            if conflicting:
+                warn(
+                    f"{where}: repeats group {row['attribute']!r} question {item.id} with another distribution; "
+                    "the first row is kept"
+                )
+            continue
+        add_target(groups, row["attribute"], item, np.asarray(gold), drops, where=where)
+    for attribute, count in sorted(unknown.items()):
+        close = difflib.get_close_matches(attribute, sorted(known), n=3, cutoff=0.6)
+        warn(
+            f"{path}: attribute {attribute!r} ({count} rows) is a group no task card knows"
+            + (f"; closest known: {', '.join(map(repr, close))}" if close else "")
+            + "; its rows are not read"
+        )
 
 
 @LOADERS.register("opinionqa", "OpinionQA release: count files, weighted responses.csv, or the 22-group rows")
+@reads_sources
 def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
     release = data_dir / RELEASE if data_dir else None
     if release is None or not release.is_dir():
@@ -276,17 +397,18 @@ def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
     fmt = card.source.get("format", "auto")
     if fmt not in FORMATS:
         raise DataError(f"{card.path}: source.format must be one of {FORMATS}, got {fmt!r}")
-    drops: Counter = Counter()
+    drops = Drops()
     wanted = list(card.groups or [])
     waves = wave_folders(release)
     all_items: dict[str, Item] = {}
     options: dict[str, tuple[str, ...]] = {}
     seen: dict[str, tuple[Path, set]] = {}
+    vocab: dict[tuple[str, Path], Counter] = {}
     for wave in waves:
         all_items.update(read_wave_questions(wave, drops, options))
     if card.source.get("questions", "all") == "disagreement":
         keep = disagreement_keys(release)
-        drops["questions outside the disagreement set"] += len(set(all_items) - keep)
+        drops.add("questions outside the disagreement set", len(set(all_items) - keep))
         all_items = {k: v for k, v in all_items.items() if k in keep}
     if fmt == "auto":
         fmt = "responses" if any((w / "responses.csv").exists() for w in waves) else "counts"
@@ -306,16 +428,13 @@ def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
                 if (wave / "responses.csv").exists():
                     load_responses(wave, wave_items, options, wanted, groups, drops, seen)
             else:
-                load_counts(wave, wave_items, options, wanted, groups, drops, seen)
+                load_counts(wave, wave_items, options, wanted, groups, drops, seen, vocab)
         check_group_values(card, wanted, seen)
+        warn_unknown_group_keys(card, wanted, vocab)
     if fmt == "individual":
         wanted = sorted(groups)
     used = {item_id for g in groups.values() for item_id in g.targets}
-    missing = [g for g in wanted if g not in groups]
-    notes = [f"source format: {fmt}"]
-    if missing:
-        notes.append(f"groups not found in the source: {', '.join(missing)}")
-        log.warning("%s: %d of %d groups not found in the source: %s", card.name, len(missing), len(wanted), missing)
+    notes = [f"source format: {fmt}", *missing_groups(card, wanted, groups)]
     task = TaskData(
         card.name,
         card.metric,
@@ -323,6 +442,7 @@ def load_opinionqa(card: TaskCard, data_dir: Path | None) -> TaskData:
         {g: groups[g] for g in wanted if g in groups},
         dict(drops),
         notes,
+        drops.examples,
     )
     task.validate()
     return task

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ..cards import TaskCard
-from ..data import Group, Item, TaskData
+from ..data import Drops, Group, Item, TaskData
 from ..errors import DataError
 from ..protocol import md5_seed
 from ..registry import LOADERS
-from .common import SOURCES, SourceFile, hub_rows, read_rows, row_errors
+from .common import SOURCES, SourceFile, hub_rows, read_rows, reads_sources, row_errors
 
 EMPTY = {"", "EMPTY STRING"}
 
@@ -89,7 +88,7 @@ class PairBuilder:
         self.card = card
         self.items: dict[str, Item] = {}
         self.groups: dict[str, Group] = {}
-        self.drops: Counter = Counter()
+        self.drops = Drops()
 
     def add(
         self,
@@ -100,9 +99,10 @@ class PairBuilder:
         rejected: str,
         part: str,
         order: tuple[int, int] | None = None,
+        where: str | None = None,
     ) -> None:
         if chosen.strip() in EMPTY or rejected.strip() in EMPTY:
-            self.drops["comparisons with an empty response"] += 1
+            self.drops.add("comparisons with an empty response", file=where, question=pair_id, group=user)
             return
         if order is None:  # a stable pseudo-random order
             order = (0, 1) if int(hashlib.md5(pair_id.encode()).hexdigest(), 16) % 2 == 0 else (1, 0)
@@ -114,7 +114,15 @@ class PairBuilder:
         group.partition[item.id] = part
 
     def task(self, notes: list[str] | None = None) -> TaskData:
-        task = TaskData(self.card.name, self.card.metric, self.items, self.groups, dict(self.drops), notes or [])
+        task = TaskData(
+            self.card.name,
+            self.card.metric,
+            self.items,
+            self.groups,
+            dict(self.drops),
+            notes or [],
+            self.drops.examples,
+        )
         task.validate()
         return task
 
@@ -125,6 +133,7 @@ def chat_text(turns: list[dict]) -> str:
 
 
 @LOADERS.register("reddit_tldr", "openai/summarize_from_feedback comparisons (user = worker)")
+@reads_sources
 def load_reddit_tldr(card: TaskCard, data_dir: Path | None) -> TaskData:
     builder = PairBuilder(card)
     for (split, part), rows in zip(
@@ -141,11 +150,12 @@ def load_reddit_tldr(card: TaskCard, data_dir: Path | None) -> TaskData:
                 prompt = info.get("post") or info.get("article") or ""
                 chosen, rejected = summaries[choice]["text"], summaries[1 - choice]["text"]
                 pair_id = f"tldr-{split}-{index}"
-                builder.add(str(field(row, "worker", str)), pair_id, prompt, chosen, rejected, part)
+                builder.add(str(field(row, "worker", str)), pair_id, prompt, chosen, rejected, part, where=where)
     return builder.task()
 
 
 @LOADERS.register("prism", "HannahRoseKirk/prism-alignment conversations (user = user_id), MRM pairing")
+@reads_sources
 def load_prism(card: TaskCard, data_dir: Path | None) -> TaskData:
     settings = {"min_dialogs": 6, "seed": 0, **card.source}
     survey, conversations = read_source(card, data_dir)
@@ -157,7 +167,9 @@ def load_prism(card: TaskCard, data_dir: Path | None) -> TaskData:
         with row_errors(where):
             user = str(field(row, "user_id", str))
             if user not in active:
-                builder.drops["conversations of users with no completed conversation in the survey"] += 1
+                builder.drops.add(
+                    "conversations of users with no completed conversation in the survey", file=where, group=user
+                )
                 continue
             turns: dict[int, dict] = {}
             for message in field(row, "conversation_history", (list, np.ndarray)):
@@ -170,12 +182,18 @@ def load_prism(card: TaskCard, data_dir: Path | None) -> TaskData:
                     turn["rejected"].append(message["content"])
             valid = [(n, t) for n, t in sorted(turns.items()) if t["user"] and t["chosen"] and t["rejected"]]
             if not valid:
-                builder.drops["conversations without a turn holding a user message, a chosen and a rejected reply"] += 1
+                builder.drops.add(
+                    "conversations without a turn holding a user message, a chosen and a rejected reply",
+                    file=where,
+                    group=user,
+                )
                 continue
             dialogs.setdefault(user, []).append((str(field(row, "conversation_id", str)), valid))
     for user in sorted(dialogs):
         if len(dialogs[user]) < settings["min_dialogs"]:
-            builder.drops[f"users with fewer than {settings['min_dialogs']} dialogs"] += 1
+            builder.drops.add(
+                f"users with fewer than {settings['min_dialogs']} dialogs", group=user, value=len(dialogs[user])
+            )
             continue
         order = sorted(dialogs[user])
         random.Random(md5_seed(user, settings["seed"])).shuffle(order)
@@ -191,6 +209,7 @@ def load_prism(card: TaskCard, data_dir: Path | None) -> TaskData:
 
 
 @LOADERS.register("chatbot_arena", "lmsys/chatbot_arena_conversations (user = judge)")
+@reads_sources
 def load_chatbot_arena(card: TaskCard, data_dir: Path | None) -> TaskData:
     settings = {"ties": "drop", "seed": 0, **card.source}
     builder = PairBuilder(card)
@@ -203,7 +222,7 @@ def load_chatbot_arena(card: TaskCard, data_dir: Path | None) -> TaskData:
             if winner not in ("model_a", "model_b", "tie", "tie (bothbad)"):
                 raise DataError(f"{where}: unknown winner {winner!r} (model_a, model_b, tie or tie (bothbad))")
             if winner.startswith("tie"):
-                builder.drops["ties (task card: ties: drop)"] += 1
+                builder.drops.add("ties (task card: ties: drop)", file=where, value=winner)
                 continue
             a, b = (
                 list(field(row, "conversation_a", (list, np.ndarray))),
@@ -226,6 +245,7 @@ def load_chatbot_arena(card: TaskCard, data_dir: Path | None) -> TaskData:
 
 
 @LOADERS.register("personal_reward_bench", "PersonalRewardBench sets: per-user split column, both orders judged")
+@reads_sources
 def load_personal_reward_bench(card: TaskCard, data_dir: Path | None) -> TaskData:
     folder = card.source.get("folder", "prism_personalized")
     builder = PairBuilder(card)
@@ -241,8 +261,7 @@ def load_personal_reward_bench(card: TaskCard, data_dir: Path | None) -> TaskDat
                 first = (1, 0) if row.get("flip") else (0, 1)
                 pair_id = f"{folder}-{split}-{row.get('conversation_id', index)}-{index}"
                 pool = "test" if part == "test" else "train"
-                builder.add(str(field(row, "user_id", str)), pair_id + "-first", prompt, chosen, rejected, pool, first)
-                builder.add(
-                    str(field(row, "user_id", str)), pair_id + "-second", prompt, chosen, rejected, pool, first[::-1]
-                )
+                user = str(field(row, "user_id", str))
+                builder.add(user, pair_id + "-first", prompt, chosen, rejected, pool, first, where)
+                builder.add(user, pair_id + "-second", prompt, chosen, rejected, pool, first[::-1], where)
     return builder.task(["each pair judged in both orders (flip gives the first)"])

@@ -16,16 +16,15 @@ file: `loader: survey`, `source: {file: PATH}`."""
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ..cards import TaskCard
-from ..data import Group, Item, TaskData, normalize
+from ..data import Drops, Group, Item, TaskData, normalize
 from ..errors import DataError
 from ..registry import LOADERS
-from .common import is_blank, read_rows, source_file
+from .common import is_blank, missing_groups, read_rows, reads_sources, source_file
 
 COLUMNS = ["group", "item", "prompt", "option", "weight"]
 
@@ -47,6 +46,7 @@ def _text(row: dict, column: str, where: str) -> str:
 
 
 @LOADERS.register("survey", "your survey, long format: group, item, prompt, option, weight [, ordinal, respondents]")
+@reads_sources
 def load_survey(card: TaskCard, data_dir: Path | None) -> TaskData:
     path = source_file(card, data_dir)
     prompts: dict[str, tuple[str, str]] = {}  # item → (prompt, where first seen)
@@ -109,7 +109,7 @@ def load_survey(card: TaskCard, data_dir: Path | None) -> TaskData:
 
     wanted = set(card.groups) if card.groups else None
     groups: dict[str, Group] = {}
-    drops: Counter = Counter()
+    drops = Drops()
     for (group, item), cell in weights.items():
         if wanted is not None and group not in wanted:
             continue
@@ -122,15 +122,19 @@ def load_survey(card: TaskCard, data_dir: Path | None) -> TaskData:
             )
         target = normalize(np.array([cell[o][0] for o in options[item]]))
         if target is None:
-            drops["(group, item) pairs whose weights sum to 0"] += 1
+            drops.add(
+                "(group, item) pairs whose weights sum to 0",
+                file=next(iter(cell.values()))[1],
+                question=item,
+                group=group,
+            )
             continue
         entry = groups.setdefault(group, Group(group))
         entry.targets[item] = target
         if (group, item) in respondents:
             entry.respondents[item] = respondents[(group, item)][0]
     order = list(card.groups) if card.groups else sorted(groups)
-    missing = [g for g in order if g not in groups]
-    notes = [f"read {path}"] + ([f"groups not found in the source: {', '.join(missing)}"] if missing else [])
+    notes = [f"read {path}", *missing_groups(card, order, groups)]
     used = {i for g in groups.values() for i in g.targets}
     task = TaskData(
         card.name,
@@ -139,6 +143,7 @@ def load_survey(card: TaskCard, data_dir: Path | None) -> TaskData:
         {g: groups[g] for g in order if g in groups},
         dict(drops),
         notes,
+        drops.examples,
     )
     task.validate()
     return task

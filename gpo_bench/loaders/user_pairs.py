@@ -25,7 +25,7 @@ from ..data import TaskData
 from ..errors import DataError
 from ..protocol import md5_seed
 from ..registry import LOADERS
-from .common import is_blank, read_rows, source_file
+from .common import is_blank, read_rows, reads_sources, source_file
 from .preferences import PairBuilder, chat_text
 
 FIELDS = ["user", "prompt", "chosen", "rejected"]
@@ -53,6 +53,7 @@ def _prompt(row: dict, where: str) -> str:
 
 
 @LOADERS.register("user_pairs", "your per-user pairwise preferences: user, prompt, chosen, rejected [, context, split]")
+@reads_sources
 def load_user_pairs(card: TaskCard, data_dir: Path | None) -> TaskData:
     path = source_file(card, data_dir)
     builder = PairBuilder(card)
@@ -76,7 +77,9 @@ def load_user_pairs(card: TaskCard, data_dir: Path | None) -> TaskData:
                 raise DataError(f"{where}: field 'split' must be train, val or test, got {row['split']!r}")
             part = POOLS[row["split"]]
         if chosen.strip() == rejected.strip():
-            builder.drops["comparisons whose chosen and rejected responses are the same"] += 1
+            builder.drops.add(
+                "comparisons whose chosen and rejected responses are the same", file=where, group=user, value=chosen
+            )
             continue
         pair_id = f"{path.stem}-{where.rsplit(' ', 1)[-1]}"
         rows.append((user.strip(), pair_id, _prompt(row, where), chosen, rejected, part))
