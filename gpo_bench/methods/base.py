@@ -4,6 +4,7 @@ each target item's candidates for a group, given that group's K context items.""
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 
 from ..data import TaskData
 from ..features import Features
+from ..metrics import majority_distributions
 from ..protocol import Episode, Split
 
 
@@ -47,6 +49,11 @@ class Method(abc.ABC):
         """Record that one prediction of `episode` fell back to a less informed guess (`population`,
         `uniform`, …); the runner writes the counts per K into result.json."""
         self.fallbacks[(episode.shots, kind)] += 1
+
+    @functools.cached_property
+    def majority(self) -> dict[int, np.ndarray]:
+        """The seen groups' answer distribution per item width (`metrics.majority_distributions`), computed once."""
+        return majority_distributions(self.setup.task)
 
     def fit(self) -> dict:
         """Train on the seen groups; returns facts worth recording (steps, best validation, …)."""
