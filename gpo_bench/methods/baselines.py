@@ -1,7 +1,9 @@
-"""Cheap baselines on the shared data model: uniform, population, group-knn (the seen groups that
-agree best with the test group on its context items), group-mix (a convex mixture of the seen groups
-fitted on the context items), head (a per-group softmax head on candidate
-embeddings, fitted on the K shots) and knn (kernel regression on the context candidates)."""
+"""Cheap baselines on the shared data model: uniform, majority (the seen groups' most common answer position, the
+floor of accuracy tasks), population, group-knn (the seen groups that agree best with the test group on its
+context items), group-mix (a convex mixture of the seen groups fitted on the context items), head (a per-group
+softmax head on candidate embeddings, fitted on the K shots) and knn (kernel regression on the context
+candidates). With no context item on an accuracy task, head and knn answer `majority` (counted as a fallback)
+instead of a tie on every item."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..features import Features
-from ..metrics import item_score
+from ..metrics import item_score, majority_for
 from ..protocol import Episode
 from ..registry import METHODS
 from .base import Method, segment_softmax
@@ -19,6 +21,26 @@ from .base import Method, segment_softmax
 class Uniform(Method):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         return [np.full(self.n_candidates(item), 1.0 / self.n_candidates(item)) for item in episode.targets]
+
+
+@METHODS.register("majority", "the seen groups' answer distribution over positions, pooled over every item")
+class Majority(Method):
+    """One distribution for every item of the same width: `Method.majority`, the seen groups' answers pooled.
+    Its top position is the floor of accuracy tasks (`reference.majority` in result.json)."""
+
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        return [majority_for(self.majority, self.n_candidates(item)).copy() for item in episode.targets]
+
+
+def cold_start(method: Method, episode: Episode) -> list[np.ndarray] | None:
+    """What a method that learns only from the K shots predicts with none (K = 0): on accuracy tasks the `majority`
+    answer, each prediction counted as a fallback (uniform would tie on every item); elsewhere None (the method's
+    own uniform guess stands)."""
+    if episode.context or method.setup.task.metric != "accuracy":
+        return None
+    for _ in episode.targets:
+        method.count_fallback(episode, "majority")
+    return [majority_for(method.majority, method.n_candidates(item)) for item in episode.targets]
 
 
 class SeenGroupsMixture(Method):
@@ -220,6 +242,8 @@ class Head(Method):
     needs_features = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        if (backed_off := cold_start(self, episode)) is not None:
+            return backed_off
         features = self.setup.features
         w = np.zeros(features.dim)
         if episode.context:
@@ -233,9 +257,11 @@ class Knn(Method):
     needs_features = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        if (backed_off := cold_start(self, episode)) is not None:
+            return backed_off
         features = self.setup.features
         if not episode.context:
-            return Uniform.predict_episode(self, episode)  # nothing to regress on: chance, by definition
+            return Uniform.predict_episode(self, episode)  # alignment: nothing to regress on, chance by definition
         ctx_rows = np.concatenate([features.rows[i] for i in episode.context])
         ctx_y = np.concatenate(episode.context_targets)
         ctx_x = unit(features.matrix[ctx_rows])
