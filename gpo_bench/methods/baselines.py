@@ -29,7 +29,7 @@ class Majority(Method):
     Its top position is the floor of accuracy tasks (`reference.majority` in result.json)."""
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        return [majority_for(self.majority, self.n_candidates(item)).copy() for item in episode.targets]
+        return [majority_for(self.majority, self.n_candidates(item)) for item in episode.targets]
 
 
 def cold_start(method: Method, episode: Episode) -> list[np.ndarray] | None:

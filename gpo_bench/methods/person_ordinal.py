@@ -76,8 +76,8 @@ def pair_covariance(groups: dict[str, list[float]]) -> float:
 
 
 class Answers:
-    """The positions on the scale of the answers of a set of people: item → person → z, with the components and
-    the fitted person offsets and item residual sums of an alternating ridge fit."""
+    """The places on the latent scale of a set of people's answers (item → person → z; a soft target: its expected
+    place), their variance components, and the person offsets and item residual sums of an alternating ridge fit."""
 
     def __init__(self, task: TaskData, people: tuple[str, ...], places: dict[str, np.ndarray]) -> None:
         self.z: dict[str, dict[str, float]] = {}
