@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..cards import Limit
 from ..data import TaskData
 from ..metrics import item_score, majority_for
 from ..protocol import Episode, draw_episode
@@ -118,6 +119,9 @@ class Answers:
 
 @METHODS.register("person-ordinal", "shrunk item location + the person's shrunk offset, cumulative logit; vs majority")
 class PersonOrdinal(Method):
+    # its card's settings, declared here too for the per-method settings check (cards.SETTINGS holds them today)
+    SETTINGS = {"train_shots": Limit(list, item=int, low=0), "steps": Limit(int, 1)}
+
     def __init__(self, settings: dict, setup) -> None:
         super().__init__(settings, setup)
         self.order = {i: scale_order(item) for i, item in setup.task.items.items()}
