@@ -2,8 +2,8 @@
 floor of accuracy tasks), population, group-knn (the seen groups that agree best with the test group on its
 context items), group-mix (a convex mixture of the seen groups fitted on the context items), head (a per-group
 softmax head on candidate embeddings, fitted on the K shots) and knn (kernel regression on the context
-candidates). With no context item on an accuracy task, head and knn answer `majority` (counted as a fallback)
-instead of a tie on every item."""
+candidates). On accuracy tasks head and knn answer `majority` (counted as a fallback) at every K where they do not
+beat it on the validation groups (`Method.above_floor`; at K = 0 they would tie on every item)."""
 
 from __future__ import annotations
 
@@ -30,17 +30,6 @@ class Majority(Method):
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         return [majority_for(self.majority, self.n_candidates(item)) for item in episode.targets]
-
-
-def cold_start(method: Method, episode: Episode) -> list[np.ndarray] | None:
-    """What a method that learns only from the K shots predicts with none (K = 0): on accuracy tasks the `majority`
-    answer, each prediction counted as a fallback (uniform would tie on every item); elsewhere None (the method's
-    own uniform guess stands)."""
-    if episode.context or method.setup.task.metric != "accuracy":
-        return None
-    for _ in episode.targets:
-        method.count_fallback(episode, "majority")
-    return [majority_for(method.majority, method.n_candidates(item)) for item in episode.targets]
 
 
 class SeenGroupsMixture(Method):
@@ -240,10 +229,15 @@ def score_targets(features: Features, items: tuple[str, ...], w: np.ndarray) -> 
 @METHODS.register("head", "per-group softmax head on candidate embeddings, fitted on the K shots")
 class Head(Method):
     needs_features = True
+    needs_context = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        if (backed_off := cold_start(self, episode)) is not None:
-            return backed_off
+        if not self.above_floor(episode.shots, self.fitted):
+            return self.majority_answer(episode)
+        return self.fitted(episode)
+
+    def fitted(self, episode: Episode) -> list[np.ndarray]:
+        """The head fitted on the episode's K shots (uses nothing but them)."""
         features = self.setup.features
         w = np.zeros(features.dim)
         if episode.context:
@@ -255,10 +249,15 @@ class Head(Method):
 @METHODS.register("knn", "kernel regression of the group's answers on the most similar context candidates")
 class Knn(Method):
     needs_features = True
+    needs_context = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        if (backed_off := cold_start(self, episode)) is not None:
-            return backed_off
+        if not self.above_floor(episode.shots, self.regressed):
+            return self.majority_answer(episode)
+        return self.regressed(episode)
+
+    def regressed(self, episode: Episode) -> list[np.ndarray]:
+        """Kernel regression on the episode's K shots (uses nothing but them)."""
         features = self.setup.features
         if not episode.context:
             return Uniform.predict_episode(self, episode)  # alignment: nothing to regress on, chance by definition

@@ -12,9 +12,9 @@ offset is their K context answers' mean residual, shrunk the same way. The two e
 distribution over the item's candidates by a cumulative logit, P(answer <= k) = sigmoid(theta_k - g_item beta -
 g_person alpha) (thresholds per number of candidates), fitted on episodes of the meta-train people with leave-one-out
 item estimates, starting from the overall answer distribution (the majority answer). For each K the method predicts
-with the model only where it beats `majority` by more than two standard errors on episodes of the validation people
-(their item estimates from the meta-train people alone), so it does not fall below the floor where the data carry no
-person-level signal. Items no seen person answered get beta = 0 (the item's text is not used)."""
+with the model only where the majority guard (`Method.above_floor`) finds it beats `majority` on the validation
+people (their item estimates from the meta-train people alone), so it does not fall below the floor where the data
+carry no person-level signal. Items no seen person answered get beta = 0 (the item's text is not used)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 
 from ..cards import Limit
 from ..data import TaskData
-from ..metrics import item_score, majority_for
+from ..metrics import majority_for
 from ..protocol import Episode, draw_episode
 from ..registry import METHODS
 from .base import Method
@@ -131,7 +131,6 @@ class PersonOrdinal(Method):
             self.places[i][order] = logistic_scores(majority_for(self.majority, len(order))[order])
         self.link = {"g_item": 0.0, "g_person": 0.0}
         self.thresholds: dict[int, np.ndarray] = {}
-        self.choice: dict[int, dict] = {}
 
     # -- the model ---------------------------------------------------------------------------------------------
 
@@ -246,52 +245,9 @@ class PersonOrdinal(Method):
         self.link = {k: float(params[k].detach()) for k in ("g_item", "g_person")}
         self.thresholds = {w: thresholds(w).detach().numpy() for w in data}
 
-    def choose(self, shots: int) -> dict:
-        """Model or majority at this K, on the validation people's episodes (context and targets drawn from the
-        seed, item effects from the meta-train people only): the model only where its mean per-person gain over
-        majority exceeds two standard errors of that mean (a gain within noise keeps the floor)."""
-        if shots not in self.choice:
-            split, task = self.setup.split, self.setup.task
-            counted = self.fallbacks.copy()  # validation predictions are not the run's
-            gains, scores = [], {"model": [], "majority": []}
-            for person in split.validation:
-                episode = draw_episode(task, person, shots, self.setup.seed)
-                preds = {
-                    "model": self.model_predictions(self.train_answers, episode),
-                    "majority": [majority_for(self.majority, len(self.order[i])) for i in episode.targets],
-                }
-                truth = [task.groups[person].targets[i] for i in episode.targets]
-                mean = {}
-                for name, pred in preds.items():
-                    mean[name] = np.mean(
-                        [self.score(i, p, t) for i, p, t in zip(episode.targets, pred, truth, strict=True)]
-                    )
-                    scores[name].append(mean[name])
-                gains.append(mean["model"] - mean["majority"])
-            self.fallbacks = counted
-            gain = float(np.mean(gains)) if gains else 0.0
-            error = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else np.inf
-            self.choice[shots] = {
-                **{name: float(np.mean(v)) if v else None for name, v in scores.items()},
-                "gain": gain,
-                "standard_error": error,
-                "chosen": "model" if gain > 2 * error else "majority",
-            }
-        return self.choice[shots]
-
-    def score(self, item: str, pred: np.ndarray, target: np.ndarray) -> float:
-        """The task's score, with an accuracy tie counted at its expected coin flip (as the runner breaks it)."""
-        if self.setup.task.metric == "accuracy":
-            top = np.flatnonzero(pred == pred.max())
-            return float(np.mean(target[top] == target.max()))
-        return item_score(self.setup.task.metric, pred, target, self.setup.task.items[item].ordinal)
-
     # -- prediction --------------------------------------------------------------------------------------------
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        if self.choose(len(episode.context))["chosen"] == "majority":
-            return [majority_for(self.majority, len(self.order[i])) for i in episode.targets]
+        if not self.above_floor(episode.shots, lambda e: self.model_predictions(self.train_answers, e)):
+            return self.majority_answer(episode)
         return self.model_predictions(self.seen_answers, episode)
-
-    def report(self) -> dict:
-        return {"choice": {str(k): v for k, v in sorted(self.choice.items())}}
