@@ -1,6 +1,6 @@
 """Per-person boards: the majority floor against a hand count, the synthetic per-person task's shape, person-ordinal
-against the floor on it (K = 5 above, K = 0 not below), and the coverage split of result.json recombining to the
-headline."""
+against the floor on it (K = 5 above, K = 0 not below), the majority guard keeping head and meta-mix at the floor
+there (and silent on alignment tasks), and the coverage split of result.json recombining to the headline."""
 
 from collections import Counter
 from pathlib import Path
@@ -175,3 +175,30 @@ def test_coverage_split_shares_sum_to_one_and_recombine_to_the_headline(monkeypa
         pooled = sum(p["share"] * p["pooled"] for p in parts)
         assert pooled == pytest.approx(cell["user_accuracy"]["pooled"])
         assert cell["fallbacks"]["ties_share"] == pytest.approx(cell["fallbacks"]["ties_broken"] / len(rows))
+
+
+def run_result(tmp_path, task: str, method: str, shots: tuple[int, ...], seeds: tuple[int, ...]) -> dict:
+    spec = RunSpec(task, method, encoder="bow", shots=shots, seeds=seeds, train_frac=0.4)
+    return execute(spec, None, tmp_path, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("method", ["head", "meta-mix"])
+def test_learned_methods_are_not_below_the_majority_floor_on_synthetic_individual(tmp_path, method):
+    """The majority guard: on per-person ratings (where head ties at K = 0 and neither reads a person's scale) each K
+    of head and meta-mix is within .005 of the floor or above it, and the guard's choice per K is reported."""
+    floor = run_result(tmp_path, "synthetic_individual", "majority", (0, 5), (0, 1))["metrics"]
+    result = run_result(tmp_path, "synthetic_individual", method, (0, 5), (0, 1))
+    for shots in ("0", "5"):
+        ours, majority = result["metrics"][shots]["user_accuracy"]["mean"], floor[shots]["user_accuracy"]["mean"]
+        assert ours >= majority - 0.005, (method, shots, ours, majority)
+    for report in result["predict"].values():
+        assert set(report["floor"]) == {"0", "5"}
+        assert all(c["chosen"] in ("model", "majority") for c in report["floor"].values())
+
+
+def test_the_majority_guard_is_inactive_on_alignment_tasks(tmp_path):
+    """On an alignment task no method consults the floor: no guard report, no `majority` fallback."""
+    for method in ("head", "meta-mix"):
+        result = run_result(tmp_path, "synthetic", method, (0, 5), (0,))
+        assert all("floor" not in report for report in result["predict"].values())
+        assert all("majority" not in cell["fallbacks"] for cell in result["metrics"].values())
