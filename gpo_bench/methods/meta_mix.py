@@ -7,7 +7,9 @@ embeddings. The ridge path (its strength as a function of K), the kernel's tempe
 gain are meta-trained by gradient descent through the closed-form fit, on episodes of the meta-train groups
 with each group left out of its own sources; the step kept is the one best on the validation groups. Items no
 seen group answered (sparse sources) are predicted by a softmax head on the candidate vectors: fitted on the
-seen groups' answers to the items they did answer, then on the group's own K answers, pulled toward it."""
+seen groups' answers to the items they did answer, then on the group's own K answers, pulled toward it. On accuracy
+tasks the majority guard (`Method.above_floor`) keeps `majority` at any K where the model, sourced from the
+meta-train groups alone, does not beat it on the validation groups."""
 
 from __future__ import annotations
 
