@@ -117,14 +117,20 @@ def print_table(result: dict) -> None:
         )
         fallbacks = cell.get("fallbacks", {})
         if fallbacks.get("share", 0) > FALLBACK_NOTICE or fallbacks.get("ties_broken", 0) > FALLBACK_NOTICE * items:
-            kinds = {k: v for k, v in fallbacks.items() if k not in ("predictions", "share")}
+            kinds = {k: v for k, v in fallbacks.items() if k not in ("predictions", "share", "ties_share")}
             notes.append(f"K={shots}: {fallbacks['share']:.0%} of predictions fell back ({kinds})")
     if reference.get("ceiling") is None and reference.get("ceiling_note"):
         print(f"ceiling: {reference['ceiling_note']}")
-    print(
-        "uniform: the floor on the same targets; ceiling: the groups' own distributions scored against a survey of "
-        "their size; headroom: (score − uniform) / (ceiling − uniform)"
-    )
+    if reference.get("floor") == "majority":
+        print(
+            f"uniform: chance on the same targets; the floor is majority (the seen groups' most common answer "
+            f"position): {reference['majority']:.4f} at K={shots}; headroom: (score − majority) / (1 − majority)"
+        )
+    else:
+        print(
+            "uniform: the floor on the same targets; ceiling: the groups' own distributions scored against a survey "
+            "of their size; headroom: (score − uniform) / (ceiling − uniform)"
+        )
     for note in notes:
         print(f"fallbacks: {note}")
     print(f"run folder: {result['run_folder']}")

@@ -5,7 +5,8 @@
 - Accuracy: the argmax of the prediction is the chosen candidate; an exact tie counts wrong.
 Aggregation: mean over a group's items, mean over groups, mean over seeds; also pooled over items.
 CIs: percentile bootstrap resampling groups and seeds with replacement, from an explicit seed; the
-pooled mean's CI resamples items within each seed."""
+pooled mean's CI resamples items within each seed.
+- The majority floor of accuracy tasks: the seen groups' most common answer position (`majority_distributions`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import xlogy
 
-from .data import check_distribution
+from .data import TaskData, check_distribution
 from .errors import DataError
 from .stats import bootstrap_ci, grand_mean, pooled_bootstrap_ci
 
@@ -150,3 +151,43 @@ def sampling_ceiling(metric: str, target: np.ndarray, respondents: float, ordina
     surveys = rng.multinomial(n, target / target.sum(), size=CEILING_DRAWS) / n
     scores = wasserstein_alignment(surveys, target, np.asarray(ordinal)) if ordinal else js_alignment(surveys, target)
     return float(np.mean(scores))
+
+
+MAJORITY_NOTE = (
+    "majority: the seen groups' answers pooled over every item with the same number of candidates (a distribution "
+    "over answer positions; for pairwise tasks, over the first and second response), scored like a prediction of its "
+    "top position (a tie at the top by its expected coin flip); positions no seen answer reached: the pooled "
+    "distribution over all items cut to the item's candidates, else uniform"
+)
+
+
+def majority_distributions(task: TaskData) -> dict[int, np.ndarray]:
+    """The seen groups' overall answer distribution per candidate count (`task` holds only what methods may see:
+    the seen groups, and for personalized tasks only their pools): item width → the mean of their targets over
+    every (group, item) of that width. Pooling over items is the point: with a few answers per item (per-person
+    data) an item's own answers are noise, while the most common answer position is stable. Pooling by width
+    keeps a 4-point scale's positions apart from a 5-point scale's."""
+    sums: dict[int, np.ndarray] = {}
+    for group in task.groups.values():
+        for target in group.targets.values():
+            width = len(target)
+            sums[width] = sums.get(width, np.zeros(width)) + np.asarray(target, float)
+    return {width: total / total.sum() for width, total in sorted(sums.items()) if total.sum() > 0}
+
+
+def majority_for(distributions: dict[int, np.ndarray], width: int) -> np.ndarray:
+    """The majority distribution for an item of `width` candidates: its width's own, else every width's answers
+    pooled over the positions the item has, else uniform."""
+    if width in distributions:
+        return distributions[width]
+    pooled = np.zeros(width)
+    for dist in distributions.values():
+        pooled[: min(width, len(dist))] += dist[:width]
+    return pooled / pooled.sum() if pooled.sum() > 0 else np.full(width, 1.0 / width)
+
+
+def expected_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """The accuracy of `pred` in expectation over the seeded coin flip that breaks a tie at its top."""
+    pred, target = np.asarray(pred, float), np.asarray(target, float)
+    top = np.flatnonzero(pred == pred.max())
+    return float(np.mean(target[top] == target.max()))

@@ -27,6 +27,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from .bounds import coverage_block, reference_block
 from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
 from .data import TaskData
 from .discovery import discover
@@ -37,11 +38,11 @@ from .files import file_digest, folder_lock, remove_temp_files, write_atomic
 from .loaders import load_task
 from .loaders.common import strict_error
 from .methods.base import Setup
-from .metrics import CEILING_METHOD, ceiling_seed, group_table, item_score, sampling_ceiling, summarize
+from .metrics import item_score, majority_distributions, summarize
 from .models import resolve_device
 from .protocol import Episode, derived_rng, draw_episode, make_split, split_warning, visible_task
 from .registry import METHODS
-from .stats import CI_METHOD, grand_mean
+from .stats import CI_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -145,59 +146,6 @@ def cell_metrics(metric: str, records: list[tuple[int, str, str, float]]) -> dic
         if subset:
             cell[role] = accuracy_block(subset)
     return cell
-
-
-def per_group_means(table: np.ndarray, groups: list[str]) -> dict[str, float]:
-    return {g: float(v) for g, v in zip(groups, np.nanmean(table, axis=0), strict=True)}
-
-
-def reference_block(task: TaskData, rows: list[dict], score: float, known_ceilings: dict | None = None) -> dict:
-    """Where a K cell stands between its floor and its ceiling, on the very targets it was scored on: the
-    floor is `uniform` (chance on accuracy tasks), the ceiling the sampling-noise ceiling (alignment tasks
-    whose source says how many people answered); headroom = (score - floor) / (ceiling - floor)."""
-    floors, ceilings, missing = [], [], 0
-    known_ceilings = {} if known_ceilings is None else known_ceilings
-    for row in rows:
-        item = task.items[row["item"]]
-        size = len(item.candidates)
-        target = np.asarray(row["target"])
-        if task.metric == "accuracy":
-            floors.append((row["seed"], row["group"], 1.0 / size))
-            continue
-        floors.append(
-            (row["seed"], row["group"], item_score(task.metric, np.full(size, 1 / size), target, item.ordinal))
-        )
-        n = task.groups[row["group"]].respondents.get(row["item"])
-        if n is None:
-            missing += 1
-            continue
-        key = (row["group"], row["item"])
-        if key not in known_ceilings:  # the same (group, item) recurs across K and seeds: estimate it once
-            known_ceilings[key] = sampling_ceiling(task.metric, target, n, item.ordinal, ceiling_seed(*key))
-        ceilings.append((row["seed"], row["group"], known_ceilings[key]))
-    floor_table, _, groups = group_table(floors)
-    block = {"uniform": grand_mean(floor_table), "uniform_per_group": per_group_means(floor_table, groups)}
-    if task.metric == "accuracy":
-        return {
-            **block,
-            "ceiling": None,
-            "ceiling_note": "not available: defined for alignment tasks",
-            "headroom": None,
-        }
-    if missing:
-        note = "not available: the source has no respondent counts"
-        if ceilings:
-            note += f" for {missing} of {len(rows)} target items"
-        return {**block, "ceiling": None, "ceiling_note": note, "headroom": None}
-    ceiling_table, _, groups = group_table(ceilings)
-    ceiling = grand_mean(ceiling_table)
-    return {
-        **block,
-        "ceiling": ceiling,
-        "ceiling_per_group": per_group_means(ceiling_table, groups),
-        "ceiling_note": CEILING_METHOD,
-        "headroom": (score - block["uniform"]) / (ceiling - block["uniform"]) if ceiling > block["uniform"] else None,
-    }
 
 
 @functools.cache
@@ -479,6 +427,8 @@ def _execute(
     progress.close()
 
     metrics = {}
+    majority = majority_distributions(visible) if task.metric == "accuracy" else None
+    answered = {item for group in visible.groups.values() for item in group.targets}  # by some seen group
     for shots, cell in scores.items():
         if not cell:
             raise DataError(f"no test predictions for K={shots}")
@@ -486,15 +436,18 @@ def _execute(
         summary = cell_metrics(task.metric, cell)
         score = summary[headline(task_card)]["mean"]
         fell_back = {kind: n for (k, kind), n in sorted(fallbacks.items()) if k == shots}
+        cell_rows = [r for r in rows if r["shots"] == shots]
         metrics[str(shots)] = {
             **summary,
             "capped_shots": capped,
-            "reference": reference_block(task, [r for r in rows if r["shots"] == shots], score, known_ceilings),
+            "reference": reference_block(task, cell_rows, score, known_ceilings, majority),
+            "coverage": coverage_block([(s, g, v) for s, g, _, v in cell], [r["item"] in answered for r in cell_rows]),
             "fallbacks": {
                 "predictions": len(cell),
                 **fell_back,
                 "share": sum(fell_back.values()) / len(cell),
                 "ties_broken": ties[shots],
+                "ties_share": ties[shots] / len(cell),
             },
         }
     timings["total_s"] = time.perf_counter() - started

@@ -90,3 +90,52 @@ def load_synthetic_mixture(card: TaskCard, data_dir: Path | None) -> TaskData:
     task = TaskData(card.name, card.metric, items, groups, notes=[f"generated with {source}"])
     task.validate()
     return task
+
+
+AGREEMENT = ("Strongly disagree", "Disagree", "Neither agree nor disagree", "Agree", "Strongly agree")
+
+
+@LOADERS.register("synthetic_individual", "generated per-person ratings on a 5-point scale (no data needed)")
+def load_synthetic_individual(card: TaskCard, data_dir: Path | None) -> TaskData:
+    """Per-person ordinal ratings with `opinionqa_individual`'s layout: each person is a group, one-hot on the
+    rating picked. Each person rates `per_person` items drawn from the pool, so an item gets ~people·per_person/items
+    ratings. A rating is the latent item location (its topic's effect plus its own) + the person's offset + logistic
+    noise, cut at the thresholds; each person stretches the thresholds by their own factor (some use the
+    extremes, some the middle). The thresholds are uneven, so one rating is the most common, as on real scales."""
+    source = {
+        "seed": 0,
+        "people": 250,
+        "items": 1000,
+        "per_person": 50,
+        "topic_effect": 0.6,  # scale of the topic words' effect on an item's location (what its text says)
+        "item_effect": 0.8,  # scale of an item's own effect
+        "person_offset": 1.2,  # scale of a person's offset on the latent scale
+        "person_stretch": 0.3,  # log-scale spread of a person's threshold stretch
+        "noise": 0.5,  # scale of the logistic noise of one rating
+        "thresholds": [-2.8, -1.7, -0.8, 1.9],
+    }
+    source.update(card.source)
+    rng = np.random.default_rng(source["seed"])
+    topic_effects = rng.normal(size=len(TOPICS))
+    topics = rng.integers(len(TOPICS), size=source["items"])
+    locations = source["topic_effect"] * topic_effects[topics] + source["item_effect"] * rng.normal(
+        size=source["items"]
+    )
+    items = {}
+    for i, topic in enumerate(topics):
+        prompt = f"Statement {i}: more public attention should go to {TOPICS[topic]}. How far do you agree?"
+        items[f"rate-{i:04d}"] = Item(f"rate-{i:04d}", prompt, AGREEMENT, tuple(float(v) for v in range(1, 6)))
+    ids = list(items)
+    thresholds = np.asarray(source["thresholds"], float)
+    groups = {}
+    for p in range(source["people"]):
+        offset = source["person_offset"] * rng.normal()
+        stretch = np.exp(source["person_stretch"] * rng.normal())
+        rated = np.sort(rng.choice(source["items"], size=source["per_person"], replace=False))
+        latent = locations[rated] + offset + source["noise"] * rng.logistic(size=len(rated))
+        ratings = np.searchsorted(stretch * thresholds, latent)
+        name = f"person-{p:03d}"
+        groups[name] = Group(name, {ids[i]: np.eye(len(AGREEMENT))[r] for i, r in zip(rated, ratings, strict=True)})
+    task = TaskData(card.name, card.metric, items, groups, notes=[f"generated with {source}"])
+    task.validate()
+    return task

@@ -1,3 +1,3 @@
 """Methods register themselves in `METHODS`; method cards in `baselines/` pick one by name."""
 
-from . import baselines, gpo, lm, lm_finetune, meta_mix, personalized  # noqa: F401  (registration)
+from . import baselines, gpo, lm, lm_finetune, meta_mix, person_ordinal, personalized  # noqa: F401  (registration)

@@ -1,7 +1,9 @@
-"""Cheap baselines on the shared data model: uniform, population, group-knn (the seen groups that
-agree best with the test group on its context items), group-mix (a convex mixture of the seen groups
-fitted on the context items), head (a per-group softmax head on candidate
-embeddings, fitted on the K shots) and knn (kernel regression on the context candidates)."""
+"""Cheap baselines on the shared data model: uniform, majority (the seen groups' most common answer position, the
+floor of accuracy tasks), population, group-knn (the seen groups that agree best with the test group on its
+context items), group-mix (a convex mixture of the seen groups fitted on the context items), head (a per-group
+softmax head on candidate embeddings, fitted on the K shots) and knn (kernel regression on the context
+candidates). On accuracy tasks head and knn answer `majority` (counted as a fallback) at every K where they do not
+beat it on the validation groups (`Method.above_floor`; at K = 0 they would tie on every item)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from scipy.optimize import minimize
 
 from ..cards import Limit
 from ..features import Features
-from ..metrics import item_score
+from ..metrics import item_score, majority_for
 from ..protocol import Episode
 from ..registry import METHODS
 from .base import Method, segment_softmax
@@ -20,6 +22,15 @@ from .base import Method, segment_softmax
 class Uniform(Method):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         return [np.full(self.n_candidates(item), 1.0 / self.n_candidates(item)) for item in episode.targets]
+
+
+@METHODS.register("majority", "the seen groups' answer distribution over positions, pooled over every item")
+class Majority(Method):
+    """One distribution for every item of the same width: `Method.majority`, the seen groups' answers pooled.
+    Its top position is the floor of accuracy tasks (`reference.majority` in result.json)."""
+
+    def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        return [majority_for(self.majority, self.n_candidates(item)) for item in episode.targets]
 
 
 class SeenGroupsMixture(Method):
@@ -224,8 +235,15 @@ def score_targets(features: Features, items: tuple[str, ...], w: np.ndarray) -> 
 class Head(Method):
     SETTINGS = {"l2": Limit(float, 0)}
     needs_features = True
+    needs_context = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        if not self.above_floor(episode.shots, self.fitted):
+            return self.majority_answer(episode)
+        return self.fitted(episode)
+
+    def fitted(self, episode: Episode) -> list[np.ndarray]:
+        """The head fitted on the episode's K shots (uses nothing but them)."""
         features = self.setup.features
         w = np.zeros(features.dim)
         if episode.context:
@@ -238,11 +256,18 @@ class Head(Method):
 class Knn(Method):
     SETTINGS = {"neighbors": Limit(int, 1), "temperature": Limit(float, 0, open_low=True)}
     needs_features = True
+    needs_context = True
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
+        if not self.above_floor(episode.shots, self.regressed):
+            return self.majority_answer(episode)
+        return self.regressed(episode)
+
+    def regressed(self, episode: Episode) -> list[np.ndarray]:
+        """Kernel regression on the episode's K shots (uses nothing but them)."""
         features = self.setup.features
         if not episode.context:
-            return Uniform.predict_episode(self, episode)  # nothing to regress on: chance, by definition
+            return Uniform.predict_episode(self, episode)  # alignment: nothing to regress on, chance by definition
         ctx_rows = np.concatenate([features.rows[i] for i in episode.context])
         ctx_y = np.concatenate(episode.context_targets)
         ctx_x = unit(features.matrix[ctx_rows])

@@ -7,7 +7,9 @@ embeddings. The ridge path (its strength as a function of K), the kernel's tempe
 gain are meta-trained by gradient descent through the closed-form fit, on episodes of the meta-train groups
 with each group left out of its own sources; the step kept is the one best on the validation groups. Items no
 seen group answered (sparse sources) are predicted by a softmax head on the candidate vectors: fitted on the
-seen groups' answers to the items they did answer, then on the group's own K answers, pulled toward it."""
+seen groups' answers to the items they did answer, then on the group's own K answers, pulled toward it. On accuracy
+tasks the majority guard (`Method.above_floor`) keeps `majority` at any K where the model, sourced from the
+meta-train groups alone, does not beat it on the validation groups."""
 
 from __future__ import annotations
 
@@ -117,6 +119,7 @@ class MetaMix(Method):
         self.unit = torch.tensor(features.matrix / norms, dtype=torch.float64)
         self.params = initial_parameters(settings)
         self.test_sources = Sources(AnswerTable(setup.task, setup.split.seen), setup.split.seen)
+        self.heads: dict[int, np.ndarray] = {}  # id of a Sources → its population head (`population_head`)
 
     # -- the model -------------------------------------------------------------------------------------------------
 
@@ -250,7 +253,18 @@ class MetaMix(Method):
     # -- prediction ------------------------------------------------------------------------------------------------
 
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        sources = self.test_sources
+        if not self.above_floor(episode.shots, lambda e: self.predictions(self.validation_sources, e)):
+            return self.majority_answer(episode)
+        return self.predictions(self.test_sources, episode)
+
+    @functools.cached_property
+    def validation_sources(self) -> Sources:
+        """The meta-train groups alone: the sources of a validation group's episodes for the majority guard."""
+        return Sources(AnswerTable(self.setup.task, self.setup.split.train), self.setup.split.train)
+
+    def predictions(self, sources: Sources, episode: Episode) -> list[np.ndarray]:
+        """The model's predictions from `sources`; items they did not answer through the text head (its prior fitted
+        on the same sources)."""
         answered = tuple(i for i in episode.targets if i in sources.deviation)
         by_item = {}
         if answered:
@@ -259,28 +273,30 @@ class MetaMix(Method):
             by_item = {i: row[: self.n_candidates(i)] for i, row in zip(answered, pred, strict=True)}
         unanswered = tuple(i for i in episode.targets if i not in by_item)
         if unanswered:
-            preds = score_targets(self.setup.features, unanswered, self.text_head(episode))
+            preds = score_targets(self.setup.features, unanswered, self.text_head(episode, sources))
             for item, pred in zip(unanswered, preds, strict=True):
                 self.count_fallback(episode, "text-head")
                 by_item[item] = pred
         return [by_item[item] for item in episode.targets]
 
-    def text_head(self, episode: Episode) -> np.ndarray:
-        """Softmax-head weights for items no seen group answered: the seen groups' head, refitted on the group's
-        K answers with an L2 pull (`group_l2`) toward it (K = 0: the seen groups' head itself)."""
+    def text_head(self, episode: Episode, sources: Sources) -> np.ndarray:
+        """Softmax-head weights for items no source answered: the sources' head, refitted on the group's K answers
+        with an L2 pull (`group_l2`) toward it (K = 0: the sources' head itself)."""
+        prior = self.population_head(sources)
         if not episode.context:
-            return self.population_head
+            return prior
         x, sizes = stacked(self.setup.features, list(episode.context))
         y = np.concatenate(episode.context_targets)
-        return fit_softmax_head(x, y, sizes, self.settings["group_l2"], center=self.population_head)
+        return fit_softmax_head(x, y, sizes, self.settings["group_l2"], center=prior)
 
-    @functools.cached_property
-    def population_head(self) -> np.ndarray:
-        """The softmax head fitted on the seen groups' answers to every item they answered (fitted once)."""
-        items = sorted(self.test_sources.population)
-        x, sizes = stacked(self.setup.features, items)
-        y = np.concatenate([self.test_sources.population[i] for i in items]) if items else np.zeros(0)
-        return fit_softmax_head(x, y, sizes, self.settings["population_l2"])
+    def population_head(self, sources: Sources) -> np.ndarray:
+        """The softmax head fitted on the sources' answers to every item they answered (fitted once per sources)."""
+        if id(sources) not in self.heads:
+            items = sorted(sources.population)
+            x, sizes = stacked(self.setup.features, items)
+            y = np.concatenate([sources.population[i] for i in items]) if items else np.zeros(0)
+            self.heads[id(sources)] = fit_softmax_head(x, y, sizes, self.settings["population_l2"])
+        return self.heads[id(sources)]
 
 
 def left_out(table: AnswerTable, group: str, items: Iterable[str] | None = None) -> Sources:
