@@ -1,6 +1,7 @@
 """The documentation's commands are tested. Every fenced block of README.md and docs/*.md:
 - ```bash / ```python without a marker runs, in order, in a scratch copy of the repository (its own results/, the
-  data at ../shared/data, the Hub offline), and must succeed; a ```text block right after it holds output whose
+  data at ../shared/data, the Hub offline), and must succeed (a page's Python blocks share one interpreter, each
+  continuing the one before); a ```text block right after it holds output whose
   every number the block must print;
 - ```bash gpu / network / long (a word after the language) does not run;
 - in every block, each `gpo-bench` command line is parsed by the CLI's own parser (a renamed flag fails), and each
@@ -10,8 +11,10 @@ must run its test command verbatim."""
 
 import contextlib
 import io
+import json
 import os
 import re
+import select
 import shlex
 import shutil
 import subprocess
@@ -162,7 +165,9 @@ def test_documented_command_lines_parse(block: Block, tmp_path: Path) -> None:
 def test_the_checks_catch_a_renamed_flag_and_a_figure_not_printed(tmp_path: Path) -> None:
     assert parser_error(["run", "--task", "opinionqa", "--method", "population", "--shots", "0,5"]) is None
     assert "--nshots" in parser_error(["run", "--task", "opinionqa", "--method", "population", "--nshots", "5"])
-    assert "--task" in parser_error(["run", "--tasks", "opinionqa", "--method", "population"])  # a required flag renamed
+    assert "--task" in parser_error(
+        ["run", "--tasks", "opinionqa", "--method", "population"]
+    )  # a required flag renamed
     assert parser_error(["leaderboard", "--help"]) is None
     assert tool_error(["pytest", "-q", "-m", "slow"], tmp_path) is None
     assert tool_error(["pytest", "--no-such-flag"], tmp_path)
@@ -244,6 +249,57 @@ RUNNABLE = {
 }
 
 
+# The page's Python blocks run in one interpreter, each continuing the one before (as in a notebook); it answers
+# every block with one JSON line: whether it ran and what it printed.
+PYTHON_SESSION = """
+import contextlib, io, json, sys, traceback
+
+if __name__ == "__main__":  # spawned worker processes import this file; only the session itself reads blocks
+    namespace = {"__name__": "__main__"}
+    for line in sys.stdin:
+        printed = io.StringIO()
+        ok = True
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            try:
+                exec(compile(json.loads(line), "<docs block>", "exec"), namespace)
+            except BaseException:
+                traceback.print_exc()
+                ok = False
+        sys.__stdout__.write(json.dumps({"ok": ok, "printed": printed.getvalue()}) + "\\n")
+        sys.__stdout__.flush()
+"""
+
+
+class PythonSession:
+    """One Python process for a page's ```python blocks."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], folder: Path) -> None:
+        script = folder / "docs_python_session.py"
+        script.write_text(PYTHON_SESSION, encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, str(script)], cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def run(self, code: str) -> tuple[bool, str]:
+        self.process.stdin.write(json.dumps(code) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], BLOCK_TIMEOUT_S)
+        if not ready:
+            return False, f"no answer within {BLOCK_TIMEOUT_S} s"
+        line = self.process.stdout.readline()
+        if not line:
+            return False, f"the Python session ended (exit {self.process.wait()})"
+        answer = json.loads(line)
+        return answer["ok"], answer["printed"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
 @pytest.mark.parametrize("page", list(RUNNABLE), ids=[str(p.relative_to(REPO)) for p in RUNNABLE])
 def test_documented_commands_run_and_print_what_the_page_shows(page: Path, data_dir: Path, tmp_path: Path) -> None:
     runnable = RUNNABLE[page]
@@ -256,22 +312,39 @@ def test_documented_commands_run_and_print_what_the_page_shows(page: Path, data_
     env["HF_HUB_OFFLINE"] = "1"  # what the docs run must run offline
     env.pop("GPO_BENCH_INCLUDE_PATH", None)
     env.pop("GPO_BENCH_DATA", None)
-    for block in runnable:
-        if block.lang == "python":
-            script = tmp_path / f"block{block.line}.py"
-            script.write_text(block.code, encoding="utf-8")
-            command = [sys.executable, str(script)]
-        else:
-            command = ["bash", "-e", "-o", "pipefail", "-c", block.code]
-        done = subprocess.run(
-            command, cwd=repo, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S, check=False
-        )
-        printed = done.stdout + done.stderr
-        assert done.returncode == 0, (
-            f"{block.where()} failed (exit {done.returncode}):\n{block.code}\n{printed[-3000:]}"
-        )
-        if block.output is not None:
-            missing = missing_figures(block.output, printed)
-            assert not missing, (
-                f"{block.where()}: the shown output has {missing}, which the command did not print:\n{printed[-3000:]}"
-            )
+    python = PythonSession(repo, env, tmp_path) if any(b.lang == "python" for b in runnable) else None
+    try:
+        for block in runnable:
+            if block.lang == "python":
+                ok, printed = python.run(block.code)
+            else:
+                done = subprocess.run(
+                    ["bash", "-e", "-o", "pipefail", "-c", block.code],
+                    cwd=repo,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=BLOCK_TIMEOUT_S,
+                    check=False,
+                )
+                ok, printed = done.returncode == 0, done.stdout + done.stderr
+            assert ok, f"{block.where()} failed:\n{block.code}\n{printed[-3000:]}"
+            if block.output is not None:
+                missing = missing_figures(block.output, printed)
+                assert not missing, (
+                    f"{block.where()}: the shown output has {missing}, which it did not print:\n{printed[-3000:]}"
+                )
+    finally:
+        if python is not None:
+            python.close()
+
+
+def test_a_pages_python_blocks_share_one_session(tmp_path: Path) -> None:
+    session = PythonSession(tmp_path, dict(os.environ), tmp_path)
+    try:
+        assert session.run("x = 6 * 7\n") == (True, "")
+        assert session.run("print(x)\n") == (True, "42\n")
+        ok, printed = session.run("raise ValueError('not a number')\n")
+        assert not ok and "ValueError: not a number" in printed
+    finally:
+        session.close()
