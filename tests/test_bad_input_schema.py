@@ -31,6 +31,7 @@ def copy_fixture(name: str) -> Callable[[Path], None]:
 # task card → how to write its data under a fresh folder (None: it needs no data; "shared": the shared data)
 SOURCES: dict[str, Callable[[Path], None] | str | None] = {
     "synthetic": None,
+    "synthetic_individual": None,
     "synthetic_mixture": None,
     "synthetic_one_topic": None,
     "synthetic_pairwise": None,
