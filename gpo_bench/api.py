@@ -157,19 +157,3 @@ def read_run(folder: Path | str) -> RunRecord:
         return read_record(Path(folder))
     except RunFileError as error:
         raise DataError(str(error)) from None
-
-
-__all__ = [
-    "Board",
-    "Comparison",
-    "Pairing",
-    "RunRecord",
-    "Runs",
-    "compare",
-    "leaderboard",
-    "list_methods",
-    "list_tasks",
-    "load_runs",
-    "read_run",
-    "run",
-]
