@@ -13,6 +13,7 @@ __all__ = [
     "Pairing",
     "RunRecord",
     "Runs",
+    "SweepResult",
     "compare",
     "leaderboard",
     "list_methods",
@@ -20,6 +21,7 @@ __all__ = [
     "load_runs",
     "read_run",
     "run",
+    "run_sweep",
 ]
 
 

@@ -3,20 +3,30 @@
 `run` runs one method on one task (or reuses the finished run) and returns its `RunRecord`; `load_runs` reads
 the finished runs of a folder back as the same records (`Runs`, with `.to_frame()`); `leaderboard` computes the
 board of a list of records (`Board`, with `to_markdown()`, `to_csv()`, `to_html()`); `compare` pairs two rows
-over the episodes they share and returns one `Comparison` per K and subset; `list_tasks` and `list_methods`
-name what is installed (not `methods`: that name is the package `gpo_bench.methods`). See docs/python-api.md."""
+over the episodes they share and returns one `Comparison` per K and subset; `run_sweep` runs a grid of runs
+(the one `gpo-bench sweep` runs) and returns their records and what failed (`SweepResult`); `list_tasks` and
+`list_methods` name what is installed. Not `methods` nor `sweep`: those names are the modules
+`gpo_bench.methods` and `gpo_bench.sweep`, which `gpo_bench.<name>` would give once imported. See
+docs/python-api.md."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .aggregate import Comparison
 from .board import Board, build_board
-from .errors import DataError
+from .cards import SPEC_LIMITS, Limit
+from .errors import CardError, DataError, RunFileError
 from .pairing import comparisons, select
-from .records import RunRecord, Runs, read_record
+from .records import RESULT_FILE, RunRecord, Runs, read_record
 from .records import load_runs as _load_runs
+
+if TYPE_CHECKING:
+    from .sweep import SweepReport
 
 
 def list_tasks() -> dict[str, str]:
@@ -151,9 +161,128 @@ def compare(
 
 def read_run(folder: Path | str) -> RunRecord:
     """The record of one run folder (its result.json); a DataError naming the file where it cannot be used."""
-    from .records import RunFileError
-
     try:
         return read_record(Path(folder))
     except RunFileError as error:
         raise DataError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """`run_sweep`'s answer. `folders`: every run folder of the grid, in plan order; `runs`: the records of those that
+    are finished (run now or before); `failed`: run folder → why it failed (the traceback is in the folder's
+    error.json); `stopped`: why the sweep ended before running every run (an error outside any one run), else
+    None; `report`: the sweep's counts and timings (None with `dry_run`). `str()` is what `gpo-bench sweep`
+    prints: the summary, or with `dry_run` one line per planned run and its state."""
+
+    folders: list[Path]
+    runs: Runs
+    failed: dict[Path, str]
+    stopped: str | None
+    report: SweepReport | None
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _listed(name: str, value: str | Sequence | int | float | None, limit: Limit | None = None) -> tuple | None:
+    """`run_sweep`'s argument `name`: one value or several (a list, or comma-separated as the flags take them) as a
+    tuple, each number checked against `limit` (a CardError naming the argument and the values it takes)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        parts = list(value) if isinstance(value, Sequence) else [value]
+    if not parts:
+        raise CardError(f"run_sweep({name}=...) is empty; give at least one value or leave it out")
+    if limit is None:
+        return tuple(str(part) for part in parts)
+    return tuple(_checked(name, part, limit) for part in parts)
+
+
+def _checked(name: str, value: object, limit: Limit) -> object:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # a string that is no number: `check` names it
+            value = limit.kind(value)
+    return limit.check(value, f"run_sweep({name}=...)")
+
+
+def run_sweep(
+    tasks: str | Sequence[str] | None = None,
+    methods: str | Sequence[str] | None = None,
+    *,
+    file: Path | str | None = None,
+    encoders: str | Sequence[str] | None = None,
+    train_fracs: str | Sequence[float] | float | None = None,
+    shots: str | Sequence[int] | None = None,
+    seeds: str | Sequence[int] | None = None,
+    split_seed: int | None = None,
+    seeds_together: bool | None = None,
+    limit_items: int | None = None,
+    settings: dict | None = None,
+    data_dir: Path | str | None = None,
+    output_dir: Path | str = "results",
+    device: str = "auto",
+    force: bool = False,
+    cache_dir: Path | str | None = None,
+    strict: bool = False,
+    jobs: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
+    cpus_per_run: float = 1,
+    gpus_per_run: float = 0,
+    dry_run: bool = False,
+) -> SweepResult:
+    """Run every combination of `tasks` × `methods` × `encoders` × `train_fracs` × seed sets into
+    `output_dir/runs/` (each run evaluates every K of `shots`), as `gpo-bench sweep` does with the same flags:
+    finished runs are reused unless `force`, a failing run leaves error.json in its folder and the others go on.
+    `file` is a YAML sweep file whose fields the arguments given here (not None) replace; `settings` maps
+    `setting` (every method whose card has it) or `method.setting` to a value, on top of the file's `set`.
+    A method that trains several seeds at once (gpo) gets one run for all `seeds` unless `seeds_together` is
+    False. `jobs` runs that many at once (one process each); `backend="ray"` makes each run a Ray task asking
+    for `cpus_per_run` CPUs and `gpus_per_run` GPUs. With `dry_run` nothing runs: `str()` of the result lists
+    each planned run and its state. A bad name, setting or sweep file raises before anything runs."""
+    from .loaders.common import resolve_data_dir
+    from .sweep import Options, describe, make_grid, plan
+    from .sweep import sweep as run_grid
+
+    fields = {
+        "tasks": _listed("tasks", tasks),
+        "methods": _listed("methods", methods),
+        "encoders": _listed("encoders", encoders),
+        "train_fracs": _listed("train_fracs", train_fracs, SPEC_LIMITS["train_frac"]),
+        "shots": _listed("shots", shots, SPEC_LIMITS["shots"]),
+        "seeds": _listed("seeds", seeds, SPEC_LIMITS["seeds"]),
+        "split_seed": None if split_seed is None else _checked("split_seed", split_seed, SPEC_LIMITS["split_seed"]),
+        "seeds_together": seeds_together,
+        "limit_items": _checked("limit_items", limit_items, SPEC_LIMITS["limit_items"]),  # None: every item
+    }
+    grid = make_grid(None if file is None else Path(file), fields)
+    if settings:  # as `--set` pairs do: on top of the file's overrides
+        grid = replace(grid, overrides={**grid.overrides, **settings})
+    planned = plan(grid)
+
+    def absolute(path: Path | str | None) -> Path | None:  # workers may run in another folder or on another node
+        return None if path is None else Path(path).expanduser().resolve()
+
+    options = Options(
+        absolute(resolve_data_dir(data_dir)), absolute(output_dir), device, force, absolute(cache_dir), strict
+    )
+    folders = [Path(output_dir) / "runs" / run.run_id for run in planned]
+    if dry_run:
+        return SweepResult(folders, Runs(), {}, None, None, describe(planned, options))
+    report = run_grid(planned, options, jobs, backend, ray_address, cpus_per_run, gpus_per_run)
+    failed = {Path(output_dir) / "runs" / outcome.run_id: outcome.error or "" for outcome in report.failed}
+    records, unreadable = [], []
+    for folder in folders:
+        if folder in failed or not (folder / RESULT_FILE).exists():
+            continue
+        try:
+            records.append(read_record(folder))
+        except RunFileError as error:
+            unreadable.append(f"skipped run folder {folder}: {error}")
+    return SweepResult(
+        folders, Runs(records, unreadable), failed, report.stopped, report, report.summary(Path(output_dir))
+    )

@@ -1,10 +1,12 @@
 """The Python API against the command line on real data: `gb.run` returns the record of what `gpo-bench run`
 prints, `gb.load_runs` reads the same records back, `gb.leaderboard(...).to_markdown()` is the file
-`gpo-bench leaderboard` writes; a folder of one `run` then a `sweep` with other K and seeds aggregates in every
-command; and the Python blocks of docs/python-api.md run."""
+`gpo-bench leaderboard` writes; `gb.run_sweep` returns the records `gpo-bench sweep` writes and names the runs that
+failed; a folder of one `run` then a `sweep` with other K and seeds aggregates in every command; and the Python
+blocks of docs/python-api.md run."""
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 import gpo_bench as gb
 from gpo_bench.cli import main
+from gpo_bench.errors import CardError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"
 
@@ -47,6 +50,36 @@ def test_run_load_runs_and_leaderboard_match_the_command_line(data_dir, tmp_path
     predictions = record.predictions()
     assert set(predictions.shots) == {0, 5} and len(predictions) == result["predictions"]["lines"]
     assert set(gb.list_tasks()) >= {"opinionqa", "globalopinionqa"} and "population" in gb.list_methods()
+
+
+def test_run_sweep_returns_the_records_the_command_line_writes_and_names_what_failed(tmp_path, capsys):
+    empty = tmp_path / "data"  # synthetic needs no data; opinionqa's is not here, so its runs fail
+    empty.mkdir()
+    grid = {"tasks": ["synthetic", "opinionqa"], "methods": "uniform,population", "shots": [0, 5], "seeds": [0, 1]}
+    result = gb.run_sweep(**grid, data_dir=empty, output_dir=tmp_path / "api")
+    flags = ["--tasks", "synthetic,opinionqa", "--methods", "uniform,population", "--shots", "0,5", "--seeds", "0,1"]
+    assert main(["sweep", *flags, "--data-dir", str(empty), "--output-dir", str(tmp_path / "cli")]) == 1
+    printed = capsys.readouterr().out
+
+    # 2 tasks x 2 methods x 2 seeds (neither method trains seeds together): 8 runs, opinionqa's 4 failed
+    assert len(result.folders) == 8 and len(result.runs) == 4 and {r.task for r in result.runs} == {"synthetic"}
+    written = gb.load_runs(tmp_path / "cli")
+    moved = [replace(r, folder=tmp_path / "cli" / "runs" / r.folder.name) for r in result.runs]
+    assert sorted(moved, key=lambda r: r.folder) == written  # the same runs, spec and numbers as the CLI's
+    assert sorted(result.runs, key=lambda r: r.folder) == gb.load_runs(tmp_path / "api")
+    assert set(result.failed) == {f for f in result.folders if f.name.startswith("opinionqa--")}
+    for folder, error in result.failed.items():
+        assert "cannot load task 'opinionqa'" in error and (folder / "error.json").exists()
+        assert f"FAILED {tmp_path / 'cli' / 'runs' / folder.name}: {error}" in printed
+    assert "8 runs: 0 already finished, 4 ran now, 4 failed" in str(result) and result.stopped is None
+
+    again = gb.run_sweep(**grid, data_dir=empty, output_dir=tmp_path / "api")  # the finished runs are reused
+    assert "8 runs: 4 already finished, 0 ran now, 4 failed" in str(again) and again.runs == result.runs
+    plan = gb.run_sweep(**grid, data_dir=empty, output_dir=tmp_path / "api", dry_run=True)
+    states = [line.split()[0] for line in str(plan).splitlines()]
+    assert sorted(states) == ["failed"] * 4 + ["finished"] * 4 and plan.report is None
+    with pytest.raises(CardError, match=r"run_sweep\(shots=...\) must be an integer ≥ 0, got int -1"):
+        gb.run_sweep("synthetic", "uniform", shots="0,-1", output_dir=tmp_path / "api")
 
 
 def test_a_run_then_a_sweep_with_other_k_and_seeds_aggregates_everywhere(data_dir, tmp_path, capsys):
