@@ -4,6 +4,7 @@ layout (dataset id, config and split; Arrow rows as `datasets` returns them); th
 real libraries with an unreachable endpoint; mistakes reported before any heavy import; `list` and
 `run --help`."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from personalized_fixtures import write_chatbot_arena, write_personal_reward_bench, write_prism, write_reddit_tldr
 
 from gpo_bench.cards import load_task_card
-from gpo_bench.cli import main
+from gpo_bench.cli import build_parser, main
 from gpo_bench.loaders import LOADERS, common
 
 PRB_SPLITS = ("train", "validation", "test")
@@ -205,3 +206,34 @@ def test_list_aligns_every_description_and_run_help_names_every_encoder(capsys):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in ("minilm", "bow", "smollm2"))
+
+
+def subcommands(parser: argparse.ArgumentParser, name: str = "gpo-bench") -> dict[str, argparse.ArgumentParser]:
+    """Every (nested) subcommand's parser by its full name, the top one included."""
+    found = {name: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, child in action.choices.items():
+                found.update(subcommands(child, f"{name} {sub}"))
+    return found
+
+
+def test_help_explains_every_flag_and_run_and_sweep_share_theirs():
+    parsers = subcommands(build_parser())
+    assert {"gpo-bench run", "gpo-bench sweep", "gpo-bench plot shots", "gpo-bench plot groups"} <= set(parsers)
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS:
+                assert action.help, f"{name} {action.option_strings[0]} has no help"
+
+    def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+        return {action.option_strings[-1]: action for action in parser._actions if action.option_strings}
+
+    run, sweep = options(parsers["gpo-bench run"]), options(parsers["gpo-bench sweep"])
+    shared = {"--shots", "--seeds", "--split-seed", "--limit-items", "--set", "--data-dir", "--output-dir"}
+    shared |= {"--cache-dir", "--device", "--force", "--strict"}
+    assert shared <= set(run) & set(sweep)
+    for flag in shared:  # one declaration: the same kind of value, parsed alike
+        assert type(run[flag]) is type(sweep[flag]) and run[flag].choices == sweep[flag].choices, flag
+        assert getattr(run[flag].type, "__name__", None) == getattr(sweep[flag].type, "__name__", None), flag
+    assert run["--seeds"].type("0, 2") == sweep["--seeds"].type("0, 2") == (0, 2)

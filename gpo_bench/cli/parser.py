@@ -190,7 +190,7 @@ def add_plot(sub: CommonFlags, common: argparse.ArgumentParser) -> list[argparse
         "--task", type=str_list, default=None, help="tasks, one panel each (comma-separated; default: all run)"
     )
     groups = kinds.add_parser("groups", help="per-group values of every method on one task, with CI bars")
-    groups.add_argument("--task", required=True, help="the task")
+    groups.add_argument("--task", required=True, help="the task whose groups are plotted (a task card name)")
     groups.add_argument(
         "--shots",
         type=flag(SPEC_LIMITS["shots"]),
