@@ -169,11 +169,12 @@ def read_run(folder: Path | str) -> RunRecord:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """`run_sweep`'s answer. `folders`: every run folder of the grid, in plan order; `runs`: the records of those that
-    are finished (run now or before); `failed`: run folder → why it failed (the traceback is in the folder's
-    error.json); `stopped`: why the sweep ended before running every run (an error outside any one run), else
-    None; `report`: the sweep's counts and timings (None with `dry_run`). `str()` is what `gpo-bench sweep`
-    prints: the summary, or with `dry_run` one line per planned run and its state."""
+    """`run_sweep`'s answer. `folders`: every run folder of the grid, in plan order; `runs`: the records of those
+    that are finished (run now or before; `runs.skipped` names a result.json that cannot be read); `failed`: run
+    folder → why it failed (the traceback is in the folder's error.json); `stopped`: why the sweep ended before
+    running every run (an error outside any one run), else None; `report`: the sweep's counts and timings (None
+    with `dry_run`). `str()` is what `gpo-bench sweep` prints: the summary, or with `dry_run` one line per
+    planned run and its state."""
 
     folders: list[Path]
     runs: Runs
