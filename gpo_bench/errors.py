@@ -38,4 +38,5 @@ def unknown_name(kind: str, name: str, known: list[str]) -> UnknownNameError:
     """The error for an unknown `name` of `kind`, suggesting the closest of `known` and listing them all."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(known))}.")
+    listed = f"Known: {', '.join(sorted(known))}." if known else "There are none."
+    return UnknownNameError(f"unknown {kind} {name!r}.{hint} {listed}")
