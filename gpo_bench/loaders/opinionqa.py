@@ -23,7 +23,6 @@ from ..registry import LOADERS
 from .common import (
     check_count,
     missing_groups,
-    no_source_error,
     parse_literal,
     read_csv,
     read_json,
@@ -31,6 +30,7 @@ from .common import (
     row_errors,
     warn,
 )
+from .hub import no_source_error
 
 log = logging.getLogger(__name__)
 
