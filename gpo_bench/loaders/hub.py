@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-DATA_ENV = "GPO_BENCH_DATA"  # the data folder when --data-dir is not given (named in the messages here)
+DATA_ENV = "GPO_BENCH_DATA"  # names the data folder without --data-dir: read by common.resolve_data_dir, named here
 
 
 @dataclass(frozen=True)
