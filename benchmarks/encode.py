@@ -12,7 +12,7 @@ from pathlib import Path
 from gpo_bench.cards import load_task_card
 from gpo_bench.encoders import Encoder, EncoderSpec
 from gpo_bench.features import candidate_triples
-from gpo_bench.runner import load_task
+from gpo_bench.loaders import load_task
 
 
 def main() -> None:

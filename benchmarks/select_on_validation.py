@@ -20,11 +20,11 @@ from threadpoolctl import threadpool_limits
 from gpo_bench.cards import load_method_card, load_task_card
 from gpo_bench.encoders import DEFAULT_ENCODER, Encoder, EncoderSpec
 from gpo_bench.features import build_features
+from gpo_bench.loaders import load_task
 from gpo_bench.methods.base import Setup
 from gpo_bench.metrics import group_table, item_score
 from gpo_bench.protocol import Split, draw_episode, make_split, visible_task
 from gpo_bench.registry import METHODS
-from gpo_bench.runner import load_task
 from gpo_bench.stats import grand_mean
 
 

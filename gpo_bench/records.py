@@ -34,8 +34,10 @@ def group_metric(metric: str) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One K of a run as result.json records it (overall test groups): the headline's mean and CI over the run's
-    seeds, per-group means, the floor (`uniform`), the sampling ceiling and headroom, and the fallback counts."""
+    """One K of a run as result.json records it, over all test groups (a record's `cells`) or over its seen or
+    unseen ones (`subset_cells`): the headline's mean and CI over the run's seeds, per-group means, the floor
+    (`uniform`), the sampling ceiling and headroom, and the fallback counts. result.json keeps the last four for
+    all test groups only: a subset's cell has None and no fallbacks."""
 
     shots: int
     mean: float | None
@@ -62,6 +64,7 @@ class RunRecord:
     fingerprint: str | None
     spec: dict
     cells: dict[int, Cell]  # K → the run's own summary at K (overall)
+    subset_cells: dict[tuple[int, str], Cell]  # (K, seen|unseen) → the summary over that subset; {} without subsets
     per_group: dict[tuple[int, str], dict[str, float]]  # (K, subset) → group → mean over the run's seeds
     pooled: dict[tuple[int, str], tuple[float, int]]  # (K, subset) → (pooled accuracy, items), POOLED only
     per_seed: dict[tuple[int, str], dict[int, dict[str, float]]]  # (K, subset) → seed → group → value
@@ -155,7 +158,7 @@ def read_record(folder: Path) -> RunRecord:
     try:
         spec, metric = raw["spec"], raw["metric"]
         grouped = group_metric(metric)
-        per_group, pooled, per_seed, reference, cells = {}, {}, {}, {}, {}
+        per_group, pooled, per_seed, reference, cells, subset_cells = {}, {}, {}, {}, {}, {}
         for shots, cell in raw["metrics"].items():
             blocks = [(OVERALL, cell)] + [(s, cell[s]) for s in SUBSETS if isinstance(cell.get(s), dict)]
             if isinstance(cell.get("reference"), dict):
@@ -172,6 +175,8 @@ def read_record(folder: Path) -> RunRecord:
                     per_seed[key] = {int(spec["seeds"][0]): per_group[key]}
                 if metric == POOLED:
                     pooled[key] = (float(block[POOLED]["mean"]), int(block[grouped]["n_items"]))
+                if subset != OVERALL:
+                    subset_cells[key] = _cell(int(shots), block, metric)
             cells[int(shots)] = _cell(int(shots), cell, metric)
         if not per_group:
             raise RunFileError(f"{path}: 'metrics' is empty")
@@ -187,6 +192,7 @@ def read_record(folder: Path) -> RunRecord:
             fingerprint=raw.get("data", {}).get("fingerprint"),
             spec=spec,
             cells=dict(sorted(cells.items())),
+            subset_cells=dict(sorted(subset_cells.items())),
             per_group=per_group,
             pooled=pooled,
             per_seed=per_seed,
@@ -215,14 +221,17 @@ class Runs(list):
         self.skipped = list(skipped or [])
 
     def to_frame(self):
-        """A pandas DataFrame with one row per run, K and test group: the group's mean over the run's seeds,
-        with the run's spec and its K's mean, floor, ceiling and headroom beside it."""
+        """A pandas DataFrame with one row per run, K, subset and test group: the group's mean over the run's seeds,
+        with the run's spec and the subset's mean at K beside it. `subset` is "overall" (every test group, with the
+        K's floor, ceiling and headroom) and, for tasks with seen and unseen test groups, "seen" and "unseen" (each
+        group once more, under its subset's mean; no floor, ceiling or headroom: result.json has them overall)."""
         import pandas as pd
 
         rows = []
         for record in self:
-            for shots, cell in record.cells.items():
-                for group, value in cell.per_group.items():
+            for shots, subset in ((k, s) for k in record.cells for s in (OVERALL, *SUBSETS)):
+                cell = record.cells[shots] if subset == OVERALL else record.subset_cells.get((shots, subset))
+                for group, value in cell.per_group.items() if cell else ():
                     rows.append(
                         {
                             "run": record.folder.name,
@@ -235,6 +244,7 @@ class Runs(list):
                             "seeds": " ".join(map(str, record.seeds)),
                             "metric": record.metric,
                             "shots": shots,
+                            "subset": subset,
                             "group": group,
                             "value": value,
                             "mean": cell.mean,

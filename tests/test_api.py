@@ -45,6 +45,7 @@ def test_run_load_runs_and_leaderboard_match_the_command_line(data_dir, tmp_path
 
     frame = loaded.to_frame()
     assert len(frame) == sum(len(c.per_group) for c in record.cells.values())
+    assert set(frame.subset) == {"overall"}  # opinionqa's test groups have no seen / unseen subsets
     at_five = frame[frame.shots == 5].set_index("group")["value"].to_dict()
     assert at_five == result["metrics"]["5"]["alignment"]["per_group"]
     predictions = record.predictions()
@@ -80,6 +81,30 @@ def test_run_sweep_returns_the_records_the_command_line_writes_and_names_what_fa
     assert sorted(states) == ["failed"] * 4 + ["finished"] * 4 and plan.report is None
     with pytest.raises(CardError, match=r"run_sweep\(shots=...\) must be an integer ≥ 0, got int -1"):
         gb.run_sweep("synthetic", "uniform", shots="0,-1", output_dir=tmp_path / "api")
+
+
+def test_to_frame_gives_the_seen_and_unseen_groups_as_the_predictions_score_them(tmp_path):
+    record = gb.run("synthetic_pairwise", "population", shots=[0, 2], seeds=[0, 1], output_dir=tmp_path)
+    frame = gb.load_runs(tmp_path).to_frame()
+    # recomputed from predictions.jsonl: a group's value is its accuracy averaged over seeds; a subset's mean
+    # (user_accuracy) averages its groups' accuracies within each seed, then over the seeds
+    scores = record.predictions().groupby(["shots", "split", "seed", "group"])["score"].mean()
+    by_group = scores.groupby(["shots", "split", "group"]).mean()
+    by_subset = scores.groupby(["shots", "split", "seed"]).mean().groupby(["shots", "split"]).mean()
+    assert set(by_subset.index.get_level_values("split")) == {"seen", "unseen"}
+    assert len(frame) == 2 * len(by_group)  # each (K, test group) overall and once more in its subset
+    for (shots, subset), rows in frame.groupby(["shots", "subset"]):
+        if subset == "overall":
+            expected = by_group.loc[shots].droplevel("split")
+            assert rows.uniform.notna().all() and rows["mean"].iloc[0] == record.cells[shots].mean
+        else:
+            expected = by_group.loc[shots, subset]
+            assert rows.uniform.isna().all() and rows.ceiling.isna().all()
+            assert rows["mean"].unique() == pytest.approx([by_subset[shots, subset]])
+        assert rows.set_index("group")["value"].sort_index().to_numpy() == pytest.approx(expected.sort_index())
+        assert sorted(rows.group) == sorted(expected.index)
+    unseen = set(frame[frame.subset == "unseen"].group)
+    assert unseen == set(json.loads((record.folder / "result.json").read_text())["split"]["unseen"])
 
 
 def test_a_run_then_a_sweep_with_other_k_and_seeds_aggregates_everywhere(data_dir, tmp_path, capsys):

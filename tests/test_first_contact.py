@@ -19,7 +19,9 @@ from personalized_fixtures import write_chatbot_arena, write_personal_reward_ben
 
 from gpo_bench.cards import load_task_card
 from gpo_bench.cli import build_parser, main
-from gpo_bench.loaders import LOADERS, common
+from gpo_bench.errors import DataError
+from gpo_bench.loaders import LOADERS
+from gpo_bench.loaders import hub as hub_access
 
 PRB_SPLITS = ("train", "validation", "test")
 # (Hub dataset, config, split) → the fixture file holding that split; written from the datasets' cards
@@ -68,7 +70,7 @@ def hub(tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(common, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub_access, "hub_unreachable", lambda: None)
     return SimpleNamespace(root=root, calls=calls)
 
 
@@ -101,7 +103,7 @@ def test_fetch_writes_the_local_layout(hub, tmp_path, capsys, name):
 
 
 def test_fetch_without_the_hub_writes_nothing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(common, "hub_unreachable", lambda: "https://hub.example cannot be reached (timeout)")
+    monkeypatch.setattr(hub_access, "hub_unreachable", lambda: "https://hub.example cannot be reached (timeout)")
     assert main(["fetch", "--task", "prism", "--data-dir", str(tmp_path / "fetched")]) == 2
     assert "cannot fetch HannahRoseKirk/prism-alignment (configs survey, conversations)" in capsys.readouterr().err
     assert main(["fetch", "--task", "opinionqa", "--data-dir", str(tmp_path / "fetched")]) == 2
@@ -112,7 +114,7 @@ def test_fetch_without_the_hub_writes_nothing(tmp_path, capsys, monkeypatch):
 def test_a_data_folder_with_part_of_a_task_names_what_is_missing(hub, tmp_path):
     (tmp_path / "part/prism").mkdir(parents=True)
     (tmp_path / "part/prism/survey.jsonl").write_text((hub.root / "prism/survey.jsonl").read_text())
-    with pytest.raises(common.DataError, match=r"missing: prism/conversations.jsonl \(or .parquet\)"):
+    with pytest.raises(DataError, match=r"missing: prism/conversations.jsonl \(or .parquet\)"):
         load("prism", tmp_path / "part")
 
 
@@ -125,7 +127,7 @@ def test_globalopinionqa_from_the_hub_file(data_dir, monkeypatch):
         return str(csv)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    monkeypatch.setattr(common, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub_access, "hub_unreachable", lambda: None)
     card = replace(load_task_card("globalopinionqa"), groups=None)
     local = LOADERS.get(card.loader)(card, data_dir)
     assert LOADERS.get(card.loader)(card, None).fingerprint() == local.fingerprint()

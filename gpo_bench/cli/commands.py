@@ -123,7 +123,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     cards = [load_task_card(name) for name in args.task]
-    from ..loaders.common import fetch
+    from ..loaders.hub import fetch
 
     for card in cards:
         for path in fetch(card, args.data_dir):

@@ -14,17 +14,8 @@ from ..cards import TaskCard
 from ..data import Drops, Group, Item, TaskData, normalize
 from ..errors import DataError
 from ..registry import LOADERS
-from .common import (
-    SOURCES,
-    SourceFile,
-    download_hub_file,
-    from_hub,
-    missing_groups,
-    parse_literal,
-    read_csv,
-    reads_sources,
-    warn,
-)
+from .common import missing_groups, parse_literal, read_csv, reads_sources, warn
+from .hub import SOURCES, SourceFile, download_hub_file, from_hub
 
 log = logging.getLogger(__name__)
 

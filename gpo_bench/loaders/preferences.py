@@ -19,7 +19,8 @@ from ..data import Drops, Group, Item, TaskData
 from ..errors import DataError
 from ..protocol import md5_seed
 from ..registry import LOADERS
-from .common import SOURCES, SourceFile, hub_rows, read_rows, reads_sources, row_errors
+from .common import read_rows, reads_sources, row_errors
+from .hub import SOURCES, SourceFile, hub_rows
 
 EMPTY = {"", "EMPTY STRING"}
 
