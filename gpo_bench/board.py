@@ -3,9 +3,11 @@ plots and the Python API alike.
 
 Rows are methods (a method run with non-default settings, encoder, split seed or item limit is its own row),
 columns are task × meta-train fraction (× seen / unseen where a result holds `metrics[K][seen|unseen][metric]`),
-a cell is `aggregate.cell_stats` of the row's runs in the column at the column's K. Per column: the floor and
-sampling ceiling with each cell's headroom, and every row's paired difference to `versus` (default: the
-column's strongest simple baseline). Published numbers come from `references`. Cells that cannot be computed
+a cell is `aggregate.cell_stats` of the row's runs in the column at the column's K. Per column: the floors
+(`uniform`; on accuracy tasks the `majority` floor, and which cells are below it) and sampling ceiling with each
+cell's headroom, and every row's paired difference to `versus` (default: the column's strongest simple
+baseline). Per cell of an overall column, where the runs recorded it: the coverage split (`aggregate.coverage_parts`)
+and the paired difference by part. Published numbers come from `references`. Cells that cannot be computed
 (a row without runs at the column's K) are left out; notes say what was left out and why."""
 
 from __future__ import annotations

@@ -122,8 +122,7 @@ def floor_and_coverage(
     out: dict = {}
     if bounds is not None and bounds.majority is not None:
         out["majority_floor"] = round(bounds.majority, 6)
-        if bounds.below(mean):
-            out["below_floor"] = "▼ below"
+        out["below_floor"] = "▼ below" if bounds.below(mean) else ""
     for part, values in (coverage_parts(runs, shots) or {}).items():
         out[f"{part}_share"] = round(values.share, 6)
         out[part] = None if values.mean is None else round(values.mean, 6)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_leaderboard import write_run
 
 import gpo_bench as gb
 from gpo_bench import runner
 from gpo_bench.cards import load_task_card
 from gpo_bench.data import Group, Item, TaskData
 from gpo_bench.loaders import load_task
+from gpo_bench.plots import FLOOR_LABEL, shots_figure
 from gpo_bench.protocol import make_split
 from gpo_bench.render_coverage import FLOOR_ROW
 from gpo_bench.report import task_board
@@ -117,7 +119,11 @@ def test_the_report_and_compare_show_the_same_floor_and_mark(individual):
         for method in results:
             entry = shown[(method, shots)]
             assert entry["majority_floor"] == pytest.approx(floor, abs=1e-6)
-            assert ("below_floor" in entry) == leaderboard.below_floor(method, column)
+            assert bool(entry["below_floor"]) == leaderboard.below_floor(method, column)
+    fig, _, _ = shots_figure(list(runs), ["synthetic_individual"])
+    (line,) = [line for line in fig.axes[0].get_lines() if line.get_label() == FLOOR_LABEL]
+    floors = [gb.leaderboard(runs, shots=k).bounds[column].majority for k in (0, 5)]
+    assert list(line.get_xdata()) == [0, 5] and list(line.get_ydata()) == pytest.approx(floors, abs=1e-12)
     pairing = gb.compare(runs, "population", "majority", task="synthetic_individual", shots=[5])
     (row,) = pairing.comparisons
     assert row.floor == pytest.approx(leaderboard.bounds[column].majority, abs=1e-12)
@@ -230,3 +236,37 @@ def test_the_majority_guard_stays_off_at_k_above_0_on_a_pairwise_protocol(tmp_pa
     assert cells["5"]["reference"]["majority"] == pytest.approx(floor, abs=1e-12)
     assert abs(first - 0.5) < 0.1 and abs(floor - 0.5) < 0.1  # a coin flip, not a competitor
     assert len({int(np.argmax(r["pred"])) for r in rows}) == 2  # head's own answers at K = 5, both positions
+
+
+def test_a_pooled_accuracy_column_takes_the_pooled_majority_as_its_floor(tmp_path):
+    """PersonalRewardBench's headline pools items: its floor is `majority_pooled` (not the per-user `majority`), and
+    a run whose reference block lacks it leaves the column without a floor row, as before."""
+    pooled = {"gpo": 0.58, "head": 0.52}  # pooled accuracies; the floor is set between them
+    for method, value in pooled.items():
+        folder = write_run(tmp_path, method, "personal_reward_bench", method, 0, {}, metric="accuracy")
+        result = json.loads((folder / "result.json").read_text())
+        users = {"u1": value - 0.1, "u2": value + 0.1}
+        reference = {"uniform": 0.5, "ceiling": None, "ceiling_note": "not available: defined for alignment tasks"}
+        reference |= {"majority": 0.61, "majority_pooled": 0.55, "headroom": None}
+        result["metrics"] = {
+            "5": {
+                "user_accuracy": {"per_group": users, "n_items": 40},
+                "accuracy": {"mean": value, "ci": [0, 1]},
+                "reference": reference,
+            }
+        }
+        (folder / "result.json").write_text(json.dumps(result))
+    board = gb.leaderboard(gb.load_runs(tmp_path))
+    (column, _, _), *_ = board.columns
+    assert board.bounds[column].majority == 0.55
+    rows = {r["row"]: r for r in board_rows(board.to_csv())}
+    for method, value in pooled.items():
+        assert float(rows[method]["headroom"]) == pytest.approx((value - 0.55) / 0.45)
+        assert rows[method]["below_floor"] == str(value < 0.55).lower()
+    for method in pooled:  # runs written before majority_pooled: no floor on the pooled column
+        path = tmp_path / "runs" / method / "result.json"
+        result = json.loads(path.read_text())
+        del result["metrics"]["5"]["reference"]["majority_pooled"]
+        path.write_text(json.dumps(result))
+    board = gb.leaderboard(gb.load_runs(tmp_path))
+    assert not board.bounds and "majority floor" not in board.to_markdown()
