@@ -13,6 +13,7 @@ seed sets differ."""
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -258,7 +259,9 @@ def paired(a: list[RunRecord], b: list[RunRecord], shots: int, subset: str = OVE
             if np.all(np.any(both, axis=1)):  # every seed has a pair in the part; groups without one are left out
                 keep = np.any(both, axis=0)
                 kept = [g for g, k in zip(groups, keep, strict=True) if k]
-                parts[part] = paired_difference(part_a[:, keep], part_b[:, keep], kept, CI_SEED)
+                with warnings.catch_warnings():  # a resample may draw no group with targets in the part for a
+                    warnings.simplefilter("ignore", RuntimeWarning)  # seed: that seed is left out of its mean
+                    parts[part] = paired_difference(part_a[:, keep], part_b[:, keep], kept, CI_SEED)
     bounds = column_bounds(a + b, shots, per_group=True) if subset == OVERALL else None
     floor = None if bounds is None else bounds.majority
     shares = {p: v.share for p, v in (coverage_parts(a, shots) or {}).items()} if subset == OVERALL else {}

@@ -7,6 +7,7 @@ alignment runs without a coverage block are rendered as before. Nothing is compu
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .aggregate import PARTS, Part
@@ -16,6 +17,7 @@ from .stats import PairedDifference
 if TYPE_CHECKING:  # board.Board renders itself through render and this module
     from .board import Board
 
+Header = Callable[[Column, int, str], str]  # a column's title from (column, K, metric), as render._header
 FLOOR = "majority floor"
 FLOOR_ROW = "majority floor (always the seen groups' most common answer, same targets)"
 BELOW = "▼"
@@ -58,7 +60,7 @@ def floor_cells(board: Board) -> list[str]:
     return out
 
 
-def html_floor_row(board: Board, column_attrs) -> str:
+def html_floor_row(board: Board, column_attrs: Callable[[Column, int], str]) -> str:
     """The HTML board's floor row; `column_attrs(column, K)` gives a cell's data-* attributes of its column."""
     tds = [
         f'<td data-source="{FLOOR}" {column_attrs(c, k)} data-mean="{b.majority!r}">{text}</td>'
@@ -122,14 +124,17 @@ def floor_csv_rows(board: Board) -> list[dict]:
     ]
 
 
-def markdown_section(board: Board, header) -> list[str]:
+def _titles(board: Board, shown: list, header: Header) -> list[str]:
+    return [header(c, k, m) + (f" Δ vs {board.versus[c]}" if c in board.versus else "") for c, k, m in shown]
+
+
+def markdown_section(board: Board, header: Header) -> list[str]:
     """The coverage section of the Markdown board (no lines where no cell has a coverage split)."""
     if not board.coverage:
         return []
     shown = [(c, k, m) for c, k, m in board.columns if any((row, c) in board.coverage for row in board.rows)]
     lines = ["", "## Where the score comes from", "", COVERAGE_NOTE, ""]
-    titles = [header(c, k, m) + (f" Δ vs {board.versus[c]}" if c in board.versus else "") for c, k, m in shown]
-    lines.append("| method | " + " | ".join(titles) + " |")
+    lines.append("| method | " + " | ".join(_titles(board, shown, header)) + " |")
     lines.append("| --- |" + " --- |" * len(shown))
     for row in board.rows:
         if any((row, c) in board.coverage for c, _, _ in shown):
@@ -137,13 +142,13 @@ def markdown_section(board: Board, header) -> list[str]:
     return lines
 
 
-def html_section(board: Board, header) -> str:
+def html_section(board: Board, header: Header) -> str:
     """The coverage section of the HTML board, each number also in data-* attributes."""
     if not board.coverage:
         return ""
     esc = html.escape
     shown = [(c, k, m) for c, k, m in board.columns if any((row, c) in board.coverage for row in board.rows)]
-    head = "".join(f"<th>{esc(header(c, k, m))}</th>" for c, k, m in shown)
+    head = "".join(f"<th>{esc(title)}</th>" for title in _titles(board, shown, header))
     body = []
     for row in board.rows:
         if not any((row, c) in board.coverage for c, _, _ in shown):
