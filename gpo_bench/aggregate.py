@@ -13,8 +13,9 @@ seed sets differ."""
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,18 +36,40 @@ class CellStats:
     headroom: float | None = None  # (mean - uniform) / (ceiling - uniform) where the column has a ceiling
 
 
+FLOOR_TOLERANCE = 1e-9  # a cell this close to the majority floor is at it (the same answers, summed in another order)
+PARTS = ("answered", "unanswered")  # the coverage split: target items some seen group answered, and the rest
+
+
 @dataclass(frozen=True)
 class Bounds:
-    """A column's floor (`uniform` on the same targets) and sampling-noise ceiling (None, with the reason)."""
+    """A column's floors on the same targets (`uniform`; on accuracy tasks `majority`, the floor headroom is
+    measured from) and sampling-noise ceiling (None, with the reason)."""
 
     uniform: float
     ceiling: float | None
     note: str
+    majority: float | None = None
 
     def headroom(self, mean: float) -> float | None:
+        if self.majority is not None:
+            return (mean - self.majority) / (1.0 - self.majority) if self.majority < 1.0 else None
         if self.ceiling is None or self.ceiling <= self.uniform:
             return None
         return (mean - self.uniform) / (self.ceiling - self.uniform)
+
+    def below(self, mean: float) -> bool:
+        """Whether a cell's mean is below the majority floor (worse than always giving the most common answer)."""
+        return self.majority is not None and mean < self.majority - FLOOR_TOLERANCE
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a cell's coverage split: its share of the cell's predictions and its score, aggregated like
+    the cell (mean over seeds of the mean over groups; pooled accuracy: over items); None where the part is empty."""
+
+    share: float
+    mean: float | None
+    predictions: int
 
 
 @dataclass(frozen=True)
@@ -59,11 +82,27 @@ class Comparison:
     difference: PairedDifference
     seeds: tuple[int, ...]
     note: str | None
+    # coverage part → A − B over the (seed, group) pairs with targets in that part (overall, where both sides'
+    # runs recorded the per-group values of the coverage split)
+    parts: dict[str, PairedDifference] = field(default_factory=dict)
+    # the majority floor on these targets, like the per-group values paired (accuracy tasks, overall; result.json)
+    floor: float | None = None
+    shares: dict[str, float] = field(default_factory=dict)  # coverage part → its share of side A's predictions
+
+    def below_floor(self) -> tuple[bool, bool]:
+        """Whether side A's and side B's means over the paired episodes are below the majority floor."""
+        if self.floor is None:
+            return False, False
+        low = self.floor - FLOOR_TOLERANCE
+        return self.difference.mean_a < low, self.difference.mean_b < low
 
 
-def column_bounds(runs: list[RunRecord], shots: int) -> Bounds | None:
-    """The column's floor and ceiling at K, from the row whose runs cover the most seeds (every method shares
-    the episodes of a seed, so any complete row gives the same values); None where no run recorded them."""
+def column_bounds(runs: list[RunRecord], shots: int, per_group: bool = False) -> Bounds | None:
+    """The column's floors and ceiling at K, from the row whose runs cover the most seeds (every method shares
+    the episodes of a seed, so any complete row gives the same values); None where no run recorded them. The
+    majority floor is the one aggregated like the column's headline (pooled accuracy: `majority_pooled`; with
+    `per_group`, always like the per-group values); None where a run of that row lacks it (alignment tasks, runs
+    written before it)."""
     by_row: dict[str, list[RunRecord]] = defaultdict(list)
     for run in runs:
         if shots in run.reference:
@@ -74,7 +113,31 @@ def column_bounds(runs: list[RunRecord], shots: int) -> Bounds | None:
     blocks = [r.reference[shots] for r in fullest]
     ceilings = [b["ceiling"] for b in blocks]
     ceiling = None if any(c is None for c in ceilings) else float(np.mean(ceilings))
-    return Bounds(float(np.mean([b["uniform"] for b in blocks])), ceiling, str(blocks[0]["ceiling_note"]))
+    key = "majority_pooled" if fullest[0].metric == POOLED and not per_group else "majority"
+    floors = [b.get(key) for b in blocks]
+    majority = None if any(f is None for f in floors) else float(np.mean(floors))
+    return Bounds(float(np.mean([b["uniform"] for b in blocks])), ceiling, str(blocks[0]["ceiling_note"]), majority)
+
+
+def coverage_parts(runs: list[RunRecord], shots: int) -> dict[str, Part] | None:
+    """The coverage split of a cell's runs at K (overall test groups): per part its share of all the runs'
+    predictions and its score, the runs' part scores weighted by their seeds (pooled accuracy: `pooled`, else
+    `mean`); None where a run of the cell has no coverage block (written before it)."""
+    used = [r for r in runs if shots in r.cells]
+    if not used or any(not r.cells[shots].coverage for r in used):
+        return None
+    key = "pooled" if used[0].metric == POOLED else "mean"
+    total = sum(r.cells[shots].coverage[part]["predictions"] for r in used for part in PARTS)
+    out = {}
+    for part in PARTS:
+        blocks = [(r.cells[shots].coverage[part], len(r.seeds)) for r in used]
+        scored = [(b[key], n) for b, n in blocks if b[key] is not None]
+        out[part] = Part(
+            share=sum(b["predictions"] for b, _ in blocks) / total if total else 0.0,
+            mean=float(np.average([v for v, _ in scored], weights=[n for _, n in scored])) if scored else None,
+            predictions=sum(b["predictions"] for b, _ in blocks),
+        )
+    return out
 
 
 def cell_table(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> tuple[np.ndarray, list[str]]:
@@ -125,11 +188,15 @@ def group_stats(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> dic
     return out
 
 
-def seed_group_table(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> dict[tuple[int, str], float]:
-    """(seed, group) → the group's mean over its targets, over one side's runs."""
+def seed_group_table(
+    runs: list[RunRecord], shots: int, subset: str = OVERALL, part: str | None = None
+) -> dict[tuple[int, str], float]:
+    """(seed, group) → the group's mean over its targets (or over its targets in coverage `part`), over one
+    side's runs."""
     table: dict[tuple[int, str], float] = {}
     for run in runs:
-        for seed, groups in run.per_seed.get((shots, subset), {}).items():
+        source = run.per_seed.get((shots, subset), {}) if part is None else run.coverage_per_seed.get((shots, part), {})
+        for seed, groups in source.items():
             table.update({(seed, group): value for group, value in groups.items()})
     return table
 
@@ -166,8 +233,9 @@ def episode_mismatch(a: list[RunRecord], b: list[RunRecord], shots: int, subset:
 
 
 def paired(a: list[RunRecord], b: list[RunRecord], shots: int, subset: str = OVERALL) -> Comparison:
-    """A − B over the (seed, group) episodes both sides share, on their common seeds; a DataError where they
-    cannot be paired."""
+    """A − B over the (seed, group) episodes both sides share, on their common seeds, and the same split by
+    coverage part (a group's targets in the part; groups without any there are left out); a DataError where
+    they cannot be paired."""
     if reason := episode_mismatch(a, b, shots, subset):
         raise DataError(f"cannot pair these runs at K={shots}: {reason}")
     table_a, table_b = seed_group_table(a, shots, subset), seed_group_table(b, shots, subset)
@@ -182,7 +250,22 @@ def paired(a: list[RunRecord], b: list[RunRecord], shots: int, subset: str = OVE
         return np.array([[table.get((s, g), np.nan) for g in groups] for s in seeds])
 
     difference = paired_difference(matrix(table_a), matrix(table_b), groups, CI_SEED)
-    return Comparison(shots, subset, difference, tuple(seeds), note)
+    parts = {}
+    if subset == OVERALL and all((shots, p) in r.coverage_per_seed for r in a + b for p in PARTS):
+        for part in PARTS:
+            part_a = matrix(seed_group_table(a, shots, part=part))
+            part_b = matrix(seed_group_table(b, shots, part=part))
+            both = ~np.isnan(part_a) & ~np.isnan(part_b)
+            if np.all(np.any(both, axis=1)):  # every seed has a pair in the part; groups without one are left out
+                keep = np.any(both, axis=0)
+                kept = [g for g, k in zip(groups, keep, strict=True) if k]
+                with warnings.catch_warnings():  # a resample may draw no group with targets in the part for a
+                    warnings.simplefilter("ignore", RuntimeWarning)  # seed: that seed is left out of its mean
+                    parts[part] = paired_difference(part_a[:, keep], part_b[:, keep], kept, CI_SEED)
+    bounds = column_bounds(a + b, shots, per_group=True) if subset == OVERALL else None
+    floor = None if bounds is None else bounds.majority
+    shares = {p: v.share for p, v in (coverage_parts(a, shots) or {}).items()} if subset == OVERALL else {}
+    return Comparison(shots, subset, difference, tuple(seeds), note, parts, floor, shares)
 
 
 def consistency_warnings(runs: list[RunRecord], where: str) -> list[str]:

@@ -3,9 +3,11 @@ plots and the Python API alike.
 
 Rows are methods (a method run with non-default settings, encoder, split seed or item limit is its own row),
 columns are task × meta-train fraction (× seen / unseen where a result holds `metrics[K][seen|unseen][metric]`),
-a cell is `aggregate.cell_stats` of the row's runs in the column at the column's K. Per column: the floor and
-sampling ceiling with each cell's headroom, and every row's paired difference to `versus` (default: the
-column's strongest simple baseline). Published numbers come from `references`. Cells that cannot be computed
+a cell is `aggregate.cell_stats` of the row's runs in the column at the column's K. Per column: the floors
+(`uniform`; on accuracy tasks the `majority` floor, and which cells are below it) and sampling ceiling with each
+cell's headroom, and every row's paired difference to `versus` (default: the column's strongest simple
+baseline). Per cell of an overall column, where the runs recorded it: the coverage split (`aggregate.coverage_parts`)
+and the paired difference by part. Published numbers come from `references`. Cells that cannot be computed
 (a row without runs at the column's K) are left out; notes say what was left out and why."""
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from .aggregate import (
     Bounds,
     CellStats,
     Comparison,
+    Part,
     cell_stats,
     column_bounds,
     consistency_warnings,
+    coverage_parts,
     paired,
 )
 from .errors import DataError
@@ -33,7 +37,7 @@ from .stats import PairedDifference
 
 DEFAULT_SHOTS = 20
 # the rows a column's paired differences are taken against by default: the best of these simple baselines
-SIMPLE_BASELINES = ("group-mix", "group-knn", "population", "head", "knn", "uniform")
+SIMPLE_BASELINES = ("group-mix", "group-knn", "population", "head", "knn", "uniform", "majority")
 
 
 @dataclass
@@ -50,6 +54,15 @@ class Board:
     versus: dict[Column, str] = field(default_factory=dict)  # the row each column's paired differences are against
     differences: dict[tuple[str, Column], PairedDifference] = field(default_factory=dict)
     row_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # row label → (method, variant)
+    # the coverage split (overall columns, where the runs recorded it): (row, column) → part → share and score,
+    # and the paired difference to the column's `versus` row by part
+    coverage: dict[tuple[str, Column], dict[str, Part]] = field(default_factory=dict)
+    part_differences: dict[tuple[str, Column], dict[str, PairedDifference]] = field(default_factory=dict)
+
+    def below_floor(self, row: str, column: Column) -> bool:
+        """Whether the row's cell is below the column's majority floor."""
+        bounds, stats = self.bounds.get(column), self.cells.get((row, column))
+        return bounds is not None and stats is not None and bounds.below(stats.mean)
 
     def reference_rows(self) -> list[tuple[str, str, dict[Column, float]]]:
         """(row label, source id, column → value) of the references that match a shown column."""
@@ -98,11 +111,13 @@ def column_order(column: Column) -> tuple:
 def column_cells(
     by_row: dict[str, list[RunRecord]], column: Column, shots: int
 ) -> tuple[Bounds | None, dict[str, CellStats], list[str]]:
-    """The column's floor and ceiling at K = `shots` (not for pooled accuracy) and each row's statistics over its
-    runs at K with its headroom (rows without a run at K are left out); and the consistency warnings."""
+    """The column's floors and ceiling at K = `shots` (overall columns; pooled accuracy: only its majority floor)
+    and each row's statistics over its runs at K with its headroom (rows without a run at K are left out); and the
+    consistency warnings."""
     column_runs = [r for row in by_row for r in by_row[row]]
-    metric = column_runs[0].metric
-    bounds = column_bounds(column_runs, shots) if metric != POOLED and column.subset == OVERALL else None
+    bounds = column_bounds(column_runs, shots) if column.subset == OVERALL else None
+    if column_runs[0].metric == POOLED and (bounds is None or bounds.majority is None):
+        bounds = None  # pooled accuracy has no ceiling; its floor is the pooled majority where recorded
     cells, notes = {}, []
     for row, runs in by_row.items():
         used = [r for r in runs if (shots, column.subset) in r.per_group]
@@ -236,4 +251,9 @@ def build_board(
         if against is not None:
             board.versus[column] = against
         board.differences.update({(row, column): c.difference for row, c in differences.items()})
+        board.part_differences.update({(row, column): c.parts for row, c in differences.items() if c.parts})
+        if column.subset == OVERALL:
+            for row, runs in by_column[column].items():
+                if (row, column) in cells and (parts := coverage_parts(runs, chosen)) is not None:
+                    board.coverage[(row, column)] = parts
     return board

@@ -25,6 +25,12 @@ def per_group_means(table: np.ndarray, groups: list[str]) -> dict[str, float]:
     return {g: float(v) for g, v in zip(groups, np.nanmean(table, axis=0), strict=True)}
 
 
+def pooled_mean(records: list[tuple[int, str, float]]) -> float:
+    """Mean over (seed, group, item) records' items per seed, then over seeds: what a pooled headline averages."""
+    seeds = sorted({s for s, _, _ in records})
+    return float(np.mean([np.mean([v for s, _, v in records if s == seed]) for seed in seeds]))
+
+
 def reference_block(
     task: TaskData,
     rows: list[dict],
@@ -36,7 +42,8 @@ def reference_block(
     tasks: the floor is `uniform`, the ceiling the sampling-noise ceiling (where the source says how many people
     answered); headroom = (score - uniform) / (ceiling - uniform). Accuracy tasks: `uniform` is chance and the floor
     is `majority` (the seen groups' most common answer position, `majority` = `majority_distributions` of what
-    methods see); headroom = (score - majority) / (1 - majority), 1 being a perfect score."""
+    methods see; aggregated like the headline, and `majority_pooled` over items like a pooled headline);
+    headroom = (score - majority) / (1 - majority), 1 being a perfect score."""
     floors, majorities, ceilings, missing = [], [], [], 0
     known_ceilings = {} if known_ceilings is None else known_ceilings
     for row in rows:
@@ -76,6 +83,7 @@ def reference_block(
             **block,
             "floor": "majority",
             "majority": floor,
+            "majority_pooled": pooled_mean(majorities),
             "majority_per_group": per_group_means(majority_table, groups),
             "majority_note": MAJORITY_NOTE,
             "headroom": (score - floor) / (1.0 - floor) if floor < 1.0 else None,
@@ -100,19 +108,23 @@ def reference_block(
 def coverage_block(records: list[tuple[int, str, float]], answered: list[bool]) -> dict:
     """A cell's score split by whether some seen group answered the target item (`answered`, one flag per
     (seed, group, score) record): per part its share of the cell's predictions, its score aggregated like the
-    headline (`mean`: over a group's items, then groups, then seeds) and pooled over its items (per seed, then
-    over seeds). Where a win comes from on sparse sources: items no seen group answered have no seen answers
-    to copy."""
+    headline (`mean`: over a group's items, then groups, then seeds), pooled over its items (per seed, then
+    over seeds), and per seed each group's mean (`per_seed`, for paired differences by part). Where a win comes
+    from on sparse sources: items no seen group answered have no seen answers to copy."""
     out = {}
     for part, flag in (("answered", True), ("unanswered", False)):
         subset = [r for r, a in zip(records, answered, strict=True) if a == flag]
         entry: dict = {"share": len(subset) / len(records), "predictions": len(subset)}
         if subset:
-            table, seeds, _ = group_table(subset)
+            table, seeds, groups = group_table(subset)
             entry["mean"] = grand_mean(table)
-            entry["pooled"] = float(np.mean([np.mean([v for s, _, v in subset if s == seed]) for seed in seeds]))
+            entry["pooled"] = pooled_mean(subset)
             entry["n_groups"] = int(np.sum(np.any(~np.isnan(table), axis=0)))
+            entry["per_seed"] = {
+                str(seed): {g: float(v) for g, v in zip(groups, values, strict=True) if not np.isnan(v)}
+                for seed, values in zip(seeds, table, strict=True)
+            }
         else:
-            entry.update(mean=None, pooled=None, n_groups=0)
+            entry.update(mean=None, pooled=None, n_groups=0, per_seed={})
         out[part] = entry
     return out

@@ -12,6 +12,7 @@ import math
 from .aggregate import CI_SEED, Comparison, paired
 from .errors import DataError
 from .records import OVERALL, RunRecord
+from .render_coverage import BELOW
 
 
 def select(runs: list[RunRecord], name: str, task: str, train_frac: float | None) -> list[RunRecord]:
@@ -50,6 +51,40 @@ def comparisons(a: list[RunRecord], b: list[RunRecord], shots: list[int] | None 
     return [paired(a, b, k, subset) for k in (shots or sorted(both)) for subset in subsets]
 
 
+def floor_lines(rows: list[Comparison]) -> list[str]:
+    """Per K with a majority floor (accuracy tasks): the floor and which side is below it."""
+    lines = []
+    for row in rows:
+        if row.floor is None:
+            continue
+        below = [side for side, low in zip("AB", row.below_floor(), strict=True) if low]
+        where = f"{' and '.join(below)} below it {BELOW}" if below else "neither side below it"
+        lines.append(f"K={row.shots}: majority floor {row.floor:.4f} (the seen groups' most common answer); {where}")
+    return lines
+
+
+def part_lines(rows: list[Comparison]) -> list[str]:
+    """The paired difference split by coverage part, where both sides' runs recorded it."""
+    split = [row for row in rows if row.parts]
+    if not split:
+        return []
+    lines = [
+        "Where the difference comes from: target items some seen group answered (answered) or none did "
+        "(unanswered), with the part's share of A's predictions, paired over the (test group, seed) pairs with "
+        "targets in the part:",
+        f"{'K':>4} {'part':>10} {'share':>6} {'A':>7} {'B':>7} {'A − B':>8}  {'95% CI (paired)':>19}  {'P(A>B)':>6}  "
+        f"{'pairs':>5}",
+    ]
+    for row in split:
+        for part, diff in row.parts.items():
+            lines.append(
+                f"{row.shots:>4} {part:>10} {row.shares.get(part, math.nan):6.1%} {diff.mean_a:7.4f} "
+                f"{diff.mean_b:7.4f} {diff.mean:+8.4f}  "
+                f"[{diff.ci[0]:+.4f}, {diff.ci[1]:+.4f}]  {diff.probability_of_improvement:6.2f}  {diff.n_pairs:>5}"
+            )
+    return lines
+
+
 def describe(label_a: str, label_b: str, a: list[RunRecord], b: list[RunRecord], rows: list[Comparison]) -> str:
     """The printed comparison: one line per K (and per seen/unseen subset where the runs have them), then what
     was left out."""
@@ -70,5 +105,6 @@ def describe(label_a: str, label_b: str, a: list[RunRecord], b: list[RunRecord],
         "CI: percentile bootstrap of the mean paired difference, resampling test groups and seeds jointly "
         f"(seed {CI_SEED}); P(A>B): rliable's probability of improvement (per group over seeds, ties half)."
     )
+    lines += floor_lines(rows) + part_lines(rows)
     lines += [f"note: {note}" for note in dict.fromkeys(row.note for row in rows if row.note)]
     return "\n".join(lines)

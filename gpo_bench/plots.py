@@ -26,6 +26,7 @@ OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<")
 LINESTYLES = ("-", "--", ":", "-.")
 REFERENCE_MARKERS = ("*", "p", "h", "8")
+FLOOR_LABEL = "majority floor (the seen groups' most common answer)"
 METRIC_LABELS = {
     "alignment": "alignment score (0–1, higher is better)",
     "accuracy": "accuracy pooled over pairs (fraction, higher is better)",
@@ -134,6 +135,8 @@ def shots_figure(
                 linewidth=1.2,
                 label="sampling ceiling (true distribution vs a survey of its size)",
             )
+        if floor := [(k, b.majority) for k in all_shots if (b := by_shots[k][0]) and b.majority is not None]:
+            ax.plot(*zip(*floor, strict=True), color="0.45", linestyle=(0, (1, 2)), linewidth=1.6, label=FLOOR_LABEL)
         plotted = {r.method: r.row for r in task_runs}
         points: dict[tuple, list] = {}  # one marker per published value, naming every model that reported it
         for ref in references:
@@ -172,6 +175,8 @@ def shots_figure(
         "Lines: mean over test groups and runs (seeds); bands: 95% bootstrap CI resampling groups and seeds; "
         "dashed: the sampling-noise ceiling, where the source gives respondent counts."
     )
+    if any(line.get_label() == FLOOR_LABEL for ax in axes for line in ax.get_lines()):
+        caption += " Grey dots: the majority floor (accuracy: always the seen groups' most common answer)."
     caption += "".join(f"\n[{source}] {citation}" for source, citation in cited.items())
     fig.suptitle("Shot scaling", fontweight="bold")
     fig.text(0.0, -0.02, caption, ha="left", va="top", fontsize=7.5, wrap=True)

@@ -35,9 +35,11 @@ def group_metric(metric: str) -> str:
 @dataclass(frozen=True)
 class Cell:
     """One K of a run as result.json records it, over all test groups (a record's `cells`) or over its seen or
-    unseen ones (`subset_cells`): the headline's mean and CI over the run's seeds, per-group means, the floor
-    (`uniform`), the sampling ceiling and headroom, and the fallback counts. result.json keeps the last four for
-    all test groups only: a subset's cell has None and no fallbacks."""
+    unseen ones (`subset_cells`): the headline's mean and CI over the run's seeds, per-group means, the floors
+    (`uniform`; on accuracy tasks `majority`, aggregated like the user-level headline, and `majority_pooled` over
+    items), the sampling ceiling and headroom, the fallback counts, and the coverage split (part → share,
+    predictions, mean, pooled, n_groups; empty in runs written before it). result.json keeps the floors, ceiling,
+    headroom, fallbacks and coverage for all test groups only: a subset's cell has None and none of them."""
 
     shots: int
     mean: float | None
@@ -47,6 +49,9 @@ class Cell:
     ceiling: float | None
     headroom: float | None
     fallbacks: dict[str, Any]
+    majority: float | None = None
+    majority_pooled: float | None = None
+    coverage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class RunRecord:
     per_seed: dict[tuple[int, str], dict[int, dict[str, float]]]  # (K, subset) → seed → group → value
     reference: dict[int, dict]  # K → result.json's floor / ceiling block of the overall cell
     episodes: str  # what fixes the episodes besides seed and K: data, split, split seed, item limit
+    # (K, coverage part) → seed → group → value: the coverage split's per-group values (runs written since they were)
+    coverage_per_seed: dict[tuple[int, str], dict[int, dict[str, float]]] = field(default_factory=dict)
     reused: bool = field(default=False, compare=False)  # `api.run` found this run finished and did not run it
 
     @property
@@ -145,6 +152,13 @@ def _cell(shots: int, cell: dict, metric: str) -> Cell:
         ceiling=reference.get("ceiling"),
         headroom=reference.get("headroom"),
         fallbacks=dict(cell.get("fallbacks") or {}),
+        majority=reference.get("majority"),
+        majority_pooled=reference.get("majority_pooled"),
+        coverage={
+            part: {k: v for k, v in values.items() if k != "per_seed"}
+            for part, values in (cell.get("coverage") or {}).items()
+            if isinstance(values, dict)
+        },
     )
 
 
@@ -158,7 +172,8 @@ def read_record(folder: Path) -> RunRecord:
     try:
         spec, metric = raw["spec"], raw["metric"]
         grouped = group_metric(metric)
-        per_group, pooled, per_seed, reference, cells, subset_cells = {}, {}, {}, {}, {}, {}
+        per_group, pooled, per_seed, reference, cells = {}, {}, {}, {}, {}
+        subset_cells, coverage_per_seed = {}, {}
         for shots, cell in raw["metrics"].items():
             blocks = [(OVERALL, cell)] + [(s, cell[s]) for s in SUBSETS if isinstance(cell.get(s), dict)]
             if isinstance(cell.get("reference"), dict):
@@ -178,6 +193,12 @@ def read_record(folder: Path) -> RunRecord:
                 if subset != OVERALL:
                     subset_cells[key] = _cell(int(shots), block, metric)
             cells[int(shots)] = _cell(int(shots), cell, metric)
+            for part, values in (cell.get("coverage") or {}).items():
+                if isinstance(values, dict) and isinstance(values.get("per_seed"), dict):
+                    coverage_per_seed[(int(shots), part)] = {
+                        int(seed): {str(g): float(v) for g, v in groups.items()}
+                        for seed, groups in values["per_seed"].items()
+                    }
         if not per_group:
             raise RunFileError(f"{path}: 'metrics' is empty")
         return RunRecord(
@@ -206,6 +227,7 @@ def read_record(folder: Path) -> RunRecord:
                 ],
                 sort_keys=True,
             ),
+            coverage_per_seed=coverage_per_seed,
         )
     except RunFileError:
         raise

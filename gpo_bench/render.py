@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import render_coverage as cov
 from .aggregate import CI_SEED, Bounds, CellStats
 from .files import write_atomic
 from .references import Column, Reference
@@ -53,6 +54,7 @@ CSV_FIELDS = (
     "diff_ci_low",
     "diff_ci_high",
     "p_improvement",
+    *cov.CSV_FIELDS,
 )
 
 
@@ -175,6 +177,7 @@ def to_csv(board: Board) -> str:
                     "n_groups": stats.n_groups,
                     "headroom": "" if stats.headroom is None else repr(stats.headroom),
                     **_difference_fields(board, row, column),
+                    **cov.csv_fields(board, row, column),
                 }
             )
     for column, shots, metric in board.columns:
@@ -192,6 +195,7 @@ def to_csv(board: Board) -> str:
                     "setting": bounds.note,
                 }
             )
+    writer.writerows(cov.floor_csv_rows(board))
     for ref in board.references:
         writer.writerow(
             {
@@ -229,18 +233,20 @@ def to_markdown(board: Board) -> str:
         cells = []
         for column, _, _ in board.columns:
             stats = board.cells.get((row, column))
-            text = _cell_text(stats) if stats else "—"
+            text = _cell_text(stats) + cov.mark(board, row, column) if stats else "—"
             cells.append(f"**{text}**" if best.get(column) == row else text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if board.bounds:
         lines.append(
             f"| *{CEILING_ROW}* | " + " | ".join(_ceiling_text(board.bounds.get(c)) for c, _, _ in board.columns) + " |"
         )
+    if cov.has_floor(board):
+        lines.append(f"| *{cov.FLOOR_ROW}* | " + " | ".join(cov.floor_cells(board)) + " |")
     for label, source, values in board.reference_rows():
         cells = [_fmt_reference(values[c]) if c in values else "—" for c, _, _ in board.columns]
         lines.append(f"| {label}, *{REPORTED}* [{number[source]}] | " + " | ".join(cells) + " |")
     if board.bounds:
-        lines += ["", BOUNDS_NOTE]
+        lines += ["", BOUNDS_NOTE + (f" {cov.FLOOR_NOTE}" if cov.has_floor(board) else "")]
     if board.differences:
         lines += ["", "## Paired differences", "", DIFFERENCE_NOTE, ""]
         lines += [
@@ -255,6 +261,7 @@ def to_markdown(board: Board) -> str:
             ]
             if any(cell != "—" for cell in cells):
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += cov.markdown_section(board, _header)
     lines += ["", "## Published numbers (reported by the papers, not computed here)", ""]
     lines += ["| task | subset | K | method | model | setting | metric | value by meta-train fraction | source |"]
     lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -278,6 +285,7 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f0f0f0; }
 tr.reference td { background: #f7f7f7; color: #555; font-style: italic; }
 td.best { font-weight: bold; }
+td.below { color: #b00; }
 .note { max-width: 60em; }
 """
 
@@ -304,12 +312,15 @@ def to_html(board: Board) -> str:
             if stats is None:
                 tds.append("<td>—</td>")
                 continue
+            below = board.below_floor(row, column)
             tds.append(
-                f'<td class="{"best" if best.get(column) == row else "cell"}" data-source="{OURS}" '
+                f'<td class="{"best" if best.get(column) == row else "cell"}{" below" if below else ""}" '
+                f'data-source="{OURS}" '
                 f'data-row="{esc(row)}" {column_attrs(column, shots)} data-mean="{stats.mean!r}" '
                 f'data-ci-low="{stats.ci[0]!r}" data-ci-high="{stats.ci[1]!r}" data-n="{stats.n}"'
                 + ("" if stats.headroom is None else f' data-headroom="{stats.headroom!r}"')
-                + f">{esc(_cell_text(stats))}</td>"
+                + (' data-below-floor="true"' if below else "")
+                + f">{esc(_cell_text(stats) + cov.mark(board, row, column))}</td>"
             )
         body.append(f"<tr><td>{esc(row)}</td>{''.join(tds)}</tr>")
     if board.bounds:
@@ -320,6 +331,8 @@ def to_html(board: Board) -> str:
             for c, k, _ in board.columns
         ]
         body.append(f'<tr class="reference"><td>{esc(CEILING_ROW)}</td>{"".join(tds)}</tr>')
+    if cov.has_floor(board):
+        body.append(cov.html_floor_row(board, column_attrs))
     differences = []
     for row in board.rows:
         tds = [
@@ -365,6 +378,7 @@ def to_html(board: Board) -> str:
         + "\n".join(body)
         + "\n</tbody></table>\n"
         + (f'<p class="note">{esc(BOUNDS_NOTE)}</p>\n' if board.bounds else "")
+        + (f'<p class="note">{esc(cov.FLOOR_NOTE)}</p>\n' if cov.has_floor(board) else "")
         + (
             f'<h2>Paired differences</h2><p class="note">{esc(DIFFERENCE_NOTE)}</p>\n'
             f'<table id="differences"><thead><tr><th>method</th>{difference_head}</tr></thead><tbody>\n'
@@ -373,6 +387,7 @@ def to_html(board: Board) -> str:
             if differences
             else ""
         )
+        + cov.html_section(board, _header)
         + "<h2>Published numbers (reported by the papers, not computed here)</h2>\n"
         '<table id="references"><thead><tr><th>task</th><th>subset</th><th>K</th><th>method</th><th>model</th>'
         "<th>setting</th><th>metric</th><th>value by meta-train fraction</th><th>source</th></tr></thead>"

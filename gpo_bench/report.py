@@ -26,7 +26,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from .aggregate import group_stats
+from .aggregate import Bounds, Comparison, coverage_parts, group_stats
 from .board import column_cells, column_differences, column_order, group_cells
 from .errors import DataError
 from .files import write_atomic
@@ -75,7 +75,7 @@ def task_board(runs: list[RunRecord]) -> tuple[list[dict], list[dict]]:
     board = []
     for column, by_row in sorted(group_cells(runs).items(), key=lambda item: column_order(item[0])):
         for shots in sorted(set().union(*(r.shots(column.subset) for rs in by_row.values() for r in rs))):
-            _, cells, _ = column_cells(by_row, column, shots)
+            bounds, cells, _ = column_cells(by_row, column, shots)
             against, differences, _ = column_differences(by_row, column, shots, cells, None, sorted(by_row))
             for row, stats in cells.items():
                 used = [
@@ -96,6 +96,8 @@ def task_board(runs: list[RunRecord]) -> tuple[list[dict], list[dict]]:
                     entry["minus_best_baseline"] = round(diff.mean, 6)
                     entry["paired_ci"] = [round(diff.ci[0], 6), round(diff.ci[1], 6)]
                     entry["best_baseline"] = against
+                overall = by_row[row] if column.subset == OVERALL else []  # the coverage split is of all test groups
+                entry.update(floor_and_coverage(bounds, stats.mean, overall, shots, differences.get(row)))
                 board.append(entry)
     board.sort(key=lambda e: (e["method"], e["train_frac"], e["subset"], e["shots"]))
     tables = []
@@ -110,6 +112,24 @@ def task_board(runs: list[RunRecord]) -> tuple[list[dict], list[dict]]:
             if values:
                 tables.append({"train_frac": frac, "shots": shots, "values": values})
     return board, tables
+
+
+def floor_and_coverage(
+    bounds: Bounds | None, mean: float, runs: list[RunRecord], shots: int, comparison: Comparison | None
+) -> dict:
+    """A board row's majority floor (accuracy tasks) with a `below_floor` mark, and its coverage split (share and
+    score per part, and the paired difference to the best baseline by part), as the leaderboard shows them."""
+    out: dict = {}
+    if bounds is not None and bounds.majority is not None:
+        out["majority_floor"] = round(bounds.majority, 6)
+        out["below_floor"] = "▼ below" if bounds.below(mean) else ""
+    for part, values in (coverage_parts(runs, shots) or {}).items():
+        out[f"{part}_share"] = round(values.share, 6)
+        out[part] = None if values.mean is None else round(values.mean, 6)
+    for part, diff in (comparison.parts if comparison is not None else {}).items():
+        out[f"{part}_minus_best_baseline"] = round(diff.mean, 6)
+        out[f"{part}_paired_ci"] = [round(diff.ci[0], 6), round(diff.ci[1], 6)]
+    return out
 
 
 def task_plots(dest: Path, task: str, runs: list[RunRecord]) -> list[dict]:

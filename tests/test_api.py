@@ -118,7 +118,8 @@ def test_a_run_then_a_sweep_with_other_k_and_seeds_aggregates_everywhere(data_di
 
     assert main(["leaderboard", "--output-dir", str(tmp_path)]) == 0
     markdown = (tmp_path / "leaderboard.md").read_text()
-    row = {line.split(" | ")[0].strip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+    board = markdown.split("\n## ")[0]  # the main table (later sections have rows of the same names)
+    row = {line.split(" | ")[0].strip("| "): line for line in board.splitlines() if line.startswith("| ")}
     assert "K=20 (alignment)" in markdown and "uniform" not in row  # uniform never ran K = 20: left out
     table = np.array([[v for _, v in sorted(g.items())] for _, g in sorted(first.per_seed[(20, "overall")].items())])
     assert f"{table.mean():.3f} [" in row["population"]  # K = 20: the first run's three seeds alone

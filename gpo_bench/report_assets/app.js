@@ -91,7 +91,11 @@
       }
       body.replaceChildren(
         ...shown.slice(0, limit).map((row) =>
-          el("tr", {}, columns.map((c) => el("td", { class: c.num ? "num" : null }, c.render ? c.render(row) : value(row, c))))
+          el(
+            "tr",
+            { class: row.below_floor ? "below-floor" : null },
+            columns.map((c) => el("td", { class: c.num ? "num" : null }, c.render ? c.render(row) : value(row, c)))
+          )
         )
       );
       note.textContent = shown.length > limit ? "showing " + limit + " of " + shown.length + " rows; filter to narrow" : shown.length + " rows";
@@ -178,7 +182,13 @@
       el(
         "p",
         { class: "note" },
-        "Each row: one method (with its settings) at one K and meta-train fraction; mean over runs (seeds) of the mean over test groups, its 95% percentile bootstrap CI resampling runs and groups (as gpo-bench leaderboard). Click a header to sort."
+        "Each row: one method (with its settings) at one K and meta-train fraction; mean over runs (seeds) of the mean over test groups, its 95% percentile bootstrap CI resampling runs and groups (as gpo-bench leaderboard). Click a header to sort." +
+          (data.board.some((r) => "majority_floor" in r)
+            ? " Accuracy: majority floor = always the seen groups' most common answer on the same targets; headroom from it; rows below it are marked ▼ (in red)."
+            : "") +
+          (data.board.some((r) => "answered_share" in r)
+            ? " answered / unanswered: the score on target items some seen group answered / none did, with each part's share of the predictions, and the paired difference to the best baseline by part."
+            : "")
       ),
       el(
         "div",
