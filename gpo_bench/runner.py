@@ -4,298 +4,44 @@
 parses, follows `result.schema.json`, and names the predictions.jsonl beside it by line count and sha256;
 running the same spec again reuses a finished run on the same data (the same loaded data, read from raw files of
 the same sha256) unless forced, without taking the lock or writing anything, and runs anything else again,
-saying why."""
+saying why (`run_folder`: the spec, the run id and the run state).
+
+`execute` loads the task and decides between reusing and running; `run_steps` runs the steps in order: split,
+encode, fit and predict (interleaved per seed), score, write (the record around the metrics: `run_result`)."""
 
 from __future__ import annotations
 
-import datetime
-import functools
-import hashlib
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .bounds import coverage_block, reference_block
-from .cards import TaskCard, apply_overrides, load_method_card, load_task_card
+from .cards import TaskCard, load_method_card, load_task_card
 from .data import TaskData
-from .discovery import discover
-from .encoders import DEFAULT_ENCODER, Encoder, EncoderSpec
+from .encoders import Encoder, EncoderSpec
 from .errors import DataError
-from .features import build_features
+from .features import Features, build_features
 from .files import file_digest, folder_lock, remove_temp_files, write_atomic
 from .loaders import load_task
 from .loaders.common import strict_error
-from .methods.base import Setup
-from .metrics import item_score, majority_distributions, summarize
+from .methods.base import Method, Setup
+from .metrics import item_score, majority_distributions
 from .models import resolve_device
-from .protocol import Episode, derived_rng, draw_episode, make_split, split_warning, visible_task
+from .protocol import Episode, Split, derived_rng, draw_episode, make_split, split_warning, visible_task
+from .records import ERROR_FILE, PREDICTIONS_FILE, RESULT_FILE
 from .registry import METHODS
-from .stats import CI_METHOD
+from .run_folder import RunSpec, data_identity, run_id, run_state
+from .run_result import cell_metrics, headline, result_record
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-CI_SEED = 0
-PACKAGE_DIR = Path(__file__).resolve().parent
-RESULT_FILE = "result.json"
-PREDICTIONS_FILE = "predictions.jsonl"
-ERROR_FILE = "error.json"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that changes a run's numbers; its hash names the run folder."""
-
-    task: str
-    method: str
-    encoder: str | None = DEFAULT_ENCODER
-    shots: tuple[int, ...] | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
-    train_frac: float | None = None
-    split_seed: int = 0
-    limit_items: int | None = None
-    overrides: dict = field(default_factory=dict)
-
-    def resolved(self) -> dict:
-        """The spec with card defaults filled in and card versions attached."""
-        task_card = load_task_card(self.task)
-        method_card = load_method_card(self.method)
-        discover()  # the card may name a plugin's method
-        implementation = METHODS.get(method_card.implementation)
-        encoder = EncoderSpec.parse(self.encoder or DEFAULT_ENCODER).label() if implementation.needs_features else None
-        return {
-            "task": self.task,
-            "task_version": task_card.version,
-            "task_card_sha": file_sha(task_card.path),
-            "method_card_sha": file_sha(method_card.path),
-            "method": self.method,
-            "method_version": method_card.version,
-            "implementation": method_card.implementation,
-            "settings": apply_overrides(method_card.settings, self.overrides, method_card),
-            "encoder": encoder,
-            "shots": sorted(set(self.shots if self.shots is not None else task_card.shots)),
-            "seeds": sorted(set(self.seeds)),
-            "train_frac": float(self.train_frac if self.train_frac is not None else task_card.train_frac),
-            "val_frac": float(task_card.val_frac),
-            "split_seed": self.split_seed,
-            "limit_items": self.limit_items,
-        }
-
-
-def file_sha(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-
-
-def run_id(resolved: dict) -> str:
-    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{resolved['task']}--{resolved['method']}--{digest}"
-
-
-def limit_items(task: TaskData, limit: int | None) -> TaskData:
-    """Keep the first `limit` items (by id) and each group's targets on them; a group left with fewer than
-    2 of them (a sparse source: a country that answered few questions) is dropped and counted."""
-    if limit is None:
-        return task
-    keep = set(sorted(task.items)[:limit])
-    allowed = {g: [i for i in group.targets if i in keep] for g, group in task.groups.items()}
-    small = [g for g, items in allowed.items() if len(items) < 2]
-    limited = task.view({g: items for g, items in allowed.items() if len(items) >= 2})
-    limited.items = {i: task.items[i] for i in keep}
-    if small:
-        limited.drops = {**task.drops, f"groups with fewer than 2 items among the first {limit}": len(small)}
-        limited.notes = [*task.notes, f"--limit-items {limit} left fewer than 2 items to: {', '.join(small)}"]
-        log.warning("--limit-items %d leaves fewer than 2 items to %d group(s), dropped: %s", limit, len(small), small)
-    if not limited.groups:
-        raise DataError(f"task {task.name!r}: --limit-items {limit} leaves no group with 2 or more items; raise it")
-    limited.validate()
-    return limited
-
-
-def headline(task_card: TaskCard) -> str:
-    """The metric a task reports first: alignment; for pairwise preferences the mean over users of
-    their accuracy, or the pooled accuracy where the protocol (PersonalRewardBench) reports that."""
-    if task_card.metric == "alignment":
-        return "alignment"
-    return "accuracy" if task_card.protocol == "personal_reward_bench" else "user_accuracy"
-
-
-def cell_metrics(metric: str, records: list[tuple[int, str, str, float]]) -> dict:
-    """(seed, group, role, score) records of one K → the metrics cell of result.json."""
-    if metric == "alignment":
-        return {"alignment": summarize([(s, g, v) for s, g, _, v in records], CI_SEED).as_dict()}
-
-    def accuracy_block(subset: list) -> dict:
-        summary = summarize([(s, g, v) for s, g, _, v in subset], CI_SEED).as_dict()
-        return {"user_accuracy": summary, "accuracy": {"mean": summary["pooled"], "ci": summary["pooled_ci"]}}
-
-    cell = accuracy_block(records)
-    for role in ("seen", "unseen"):
-        subset = [r for r in records if r[2] == role]
-        if subset:
-            cell[role] = accuracy_block(subset)
-    return cell
-
-
-@functools.cache
-def result_validator():
-    import jsonschema
-
-    schema = json.loads((PACKAGE_DIR / "result.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema)
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
-def data_identity(task: TaskData) -> dict:
-    """What a finished run must have been computed on: the loaded data's fingerprint and the sha256 of every raw
-    file the loader read (data that load the same from changed files still run again)."""
-    return {"fingerprint": task.fingerprint(), "sources": task.sources}
-
-
-def changed_sources(recorded: dict | None, now: dict) -> str | None:
-    """Why the raw files read now differ from those a run recorded, or None."""
-    if recorded is None:
-        return "it records no digest of the files it read (made by an older gpo-bench)"
-    changed = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
-    if not changed:
-        return None
-    shown = ", ".join(
-        f"{n} ({'not read then' if n not in recorded else 'not read now' if n not in now else 'changed'})"
-        for n in changed[:3]
-    )
-    return f"its source files differ: {shown}" + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-
-
-def run_state(run_dir: Path, identity: dict | None) -> tuple[str, dict | None, str]:
-    """(state, result, why) of a run folder. `finished`: result.json parses, follows the schema, belongs to
-    this folder and names the predictions.jsonl beside it by line count and sha256, on data of this
-    `identity` (`data_identity`; None: not checked). `other-data`: the same but computed on other data or other
-    source files. `new`: no result.json. `broken`: anything else; `why` says what. Reads only."""
-    path = run_dir / RESULT_FILE
-    if not path.exists():
-        return "new", None, f"{path} does not exist"
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        return "broken", None, f"{path} cannot be read ({' '.join(str(error).split())})"
-    problem = next(iter(result_validator().iter_errors(result)), None)
-    if problem is not None:
-        where = "/".join(map(str, problem.absolute_path)) or "the top level"
-        return "broken", None, f"{path} does not follow result.schema.json at {where}: {problem.message[:200]}"
-    if result["run_id"] != run_dir.name:
-        return "broken", None, f"{path} belongs to run {result['run_id']}, not {run_dir.name}"
-    recorded = result["predictions"]
-    predictions = run_dir / recorded["file"]
-    if not predictions.exists():
-        return "broken", None, f"{predictions} is missing"
-    actual = file_digest(predictions)
-    if actual != recorded:
-        return (
-            "broken",
-            None,
-            (
-                f"{predictions} has {actual['lines']} lines (sha256 {actual['sha256'][:12]}…), not the "
-                f"{recorded['lines']} lines (sha256 {recorded['sha256'][:12]}…) result.json was computed with"
-            ),
-        )
-    if identity is None:
-        return "finished", result, "finished"
-    if result["data"]["fingerprint"] != identity["fingerprint"]:
-        return (
-            "other-data",
-            result,
-            f"{path} was computed on other data (fingerprint {result['data']['fingerprint']}, "
-            f"now {identity['fingerprint']})",
-        )
-    changed = changed_sources(result["data"].get("sources"), identity["sources"])
-    if changed:
-        return "other-data", result, f"{path} was computed on other input: {changed}"
-    return "finished", result, "finished"
-
-
-def git_state() -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if commit is None else bool(dirty)}
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("gpo-bench", "numpy", "scipy", "torch", "transformers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def break_tie(pred: np.ndarray, episode: Episode, item_id: str) -> np.ndarray | None:
-    """On accuracy tasks an exact tie at the top counts wrong; every method's tie is broken here, in one
-    place, by a coin flip seeded from (group, item, K, seed) among the tied candidates (so a tie scores at
-    chance, not zero). None where there is no tie."""
-    pred = np.asarray(pred, float)
-    top = np.flatnonzero(pred == pred.max())
-    if len(top) < 2:
-        return None
-    broken = pred.copy()
-    broken[derived_rng("tie-break", episode.group, item_id, episode.shots, episode.seed).choice(top)] += 1e-6
-    return broken / broken.sum()
-
-
-def prediction_rows(
-    task: TaskData, method: str, episode: Episode, preds: list, role: str, ties: Counter | None = None
-) -> list[dict]:
-    """One predictions.jsonl row per target item, with its score (checked to be a distribution); on accuracy
-    tasks ties at the top are broken (`break_tie`) and counted in `ties`."""
-    if len(preds) != len(episode.targets):
-        raise RuntimeError(f"{method} returned {len(preds)} predictions for {len(episode.targets)} targets")
-    rows = []
-    for item_id, pred in zip(episode.targets, preds, strict=True):
-        if task.metric == "accuracy" and (broken := break_tie(pred, episode, item_id)) is not None:
-            pred = broken
-            if ties is not None:
-                ties[episode.shots] += 1
-        item = task.items[item_id]
-        target = task.groups[episode.group].targets[item_id]
-        where = (
-            f"{method} prediction for group {episode.group!r} item {item_id!r} (K={episode.shots}, seed={episode.seed})"
-        )
-        rows.append(
-            {
-                "group": episode.group,
-                "item": item_id,
-                "shots": episode.shots,
-                "seed": episode.seed,
-                "split": role,
-                "context_size": len(episode.context),
-                "pred": [float(p) for p in pred],
-                "target": [float(t) for t in target],
-                "ordinal": list(item.ordinal) if item.ordinal else None,
-                "score": item_score(task.metric, pred, target, item.ordinal, where),
-            }
-        )
-    return rows
 
 
 def execute(
@@ -338,11 +84,30 @@ def execute(
         if state != "new" and not force:
             log.warning("%s; running it again", why)
         remove_temp_files(run_dir)
-        return _execute(spec, resolved, task, task_card, data_dir, run_dir, device, resume, cache_dir, timings, started)
+        return run_steps(resolved, task, task_card, data_dir, run_dir, device, resume, cache_dir, timings, started)
 
 
-def _execute(
-    spec: RunSpec,
+def limit_items(task: TaskData, limit: int | None) -> TaskData:
+    """Keep the first `limit` items (by id) and each group's targets on them; a group left with fewer than
+    2 of them (a sparse source: a country that answered few questions) is dropped and counted."""
+    if limit is None:
+        return task
+    keep = set(sorted(task.items)[:limit])
+    allowed = {g: [i for i in group.targets if i in keep] for g, group in task.groups.items()}
+    small = [g for g, items in allowed.items() if len(items) < 2]
+    limited = task.view({g: items for g, items in allowed.items() if len(items) >= 2})
+    limited.items = {i: task.items[i] for i in keep}
+    if small:
+        limited.drops = {**task.drops, f"groups with fewer than 2 items among the first {limit}": len(small)}
+        limited.notes = [*task.notes, f"--limit-items {limit} left fewer than 2 items to: {', '.join(small)}"]
+        log.warning("--limit-items %d leaves fewer than 2 items to %d group(s), dropped: %s", limit, len(small), small)
+    if not limited.groups:
+        raise DataError(f"task {task.name!r}: --limit-items {limit} leaves no group with 2 or more items; raise it")
+    limited.validate()
+    return limited
+
+
+def run_steps(
     resolved: dict,
     task: TaskData,
     task_card: TaskCard,
@@ -354,8 +119,40 @@ def _execute(
     timings: dict,
     started: float,
 ) -> dict:
-    rid = run_dir.name
+    """Run a resolved spec on its loaded task into `run_dir` (its lock held) and return result.json's content."""
     device = resolve_device(device)
+    split, warnings = split_task(task, task_card, resolved)
+    visible = visible_task(task, split)
+    features, encoder_stats = encode(task, task_card, resolved, device, cache_dir, timings)
+    setups = [
+        Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
+        for seed in resolved["seeds"]
+    ]
+    predicted = fit_and_predict(task, split, resolved, setups, timings, run_dir.name)
+    metrics = score(task, task_card, visible, resolved["shots"], predicted)
+    timings["total_s"] = time.perf_counter() - started
+    result = result_record(
+        run_id=run_dir.name,
+        spec=resolved,
+        cards={"task": task_card.path, "method": load_method_card(resolved["method"]).path},
+        task_card=task_card,
+        metrics=metrics,
+        split=split,
+        task=task,
+        data_dir=data_dir,
+        warnings=warnings,
+        fits=predicted.fits,
+        reports=predicted.reports,
+        encoder_stats=encoder_stats,
+        timings=timings,
+        device=device,
+    )
+    return write(run_dir, task, predicted.rows, result)
+
+
+def split_task(task: TaskData, task_card: TaskCard, resolved: dict) -> tuple[Split, list[str]]:
+    """Split: the task's groups and items as the card's protocol divides them; with the loader's warnings and a
+    warning about the split itself (where it has one)."""
     try:
         split = make_split(
             task,
@@ -373,120 +170,188 @@ def _execute(
     if (problem := split_warning(split, resolved["train_frac"])) is not None:
         log.warning("%s", problem)
         warnings.append(problem)
-    visible = visible_task(task, split)
+    return split, warnings
+
+
+def encode(
+    task: TaskData, task_card: TaskCard, resolved: dict, device: str, cache_dir: Path | None, timings: dict
+) -> tuple[Features | None, dict | None]:
+    """Encode: the candidates' features and the encoder's counts, where the method needs features (else None)."""
+    if not METHODS.get(resolved["implementation"]).needs_features:
+        return None, None
+    tick = time.perf_counter()
+    encoder = Encoder(EncoderSpec.parse(resolved["encoder"]), device=device, cache_dir=cache_dir)
+    features = build_features(task, encoder, task_card)
+    timings["encode_s"] = time.perf_counter() - tick
+    return features, dict(encoder.stats, dim=features.dim)
+
+
+@dataclass
+class Predicted:
+    """What fitting and predicting gave, over every seed and K in the order made."""
+
+    rows: list[dict] = field(default_factory=list)  # predictions.jsonl, one row per (seed, K, group, item)
+    fits: dict[str, dict] = field(default_factory=dict)  # seed → the method's fit report
+    reports: dict[str, dict] = field(default_factory=dict)  # seed → the method's predict report
+    context_sizes: dict[int, dict[str, int]] = field(default_factory=dict)  # K → group → shots drawn
+    fallbacks: Counter = field(default_factory=Counter)  # (K, kind) → predictions that fell back
+    ties: Counter = field(default_factory=Counter)  # K → ties broken at the top
+
+    def cell(self, shots: int) -> list[dict]:
+        return [r for r in self.rows if r["shots"] == shots]
+
+
+def fit_and_predict(
+    task: TaskData, split: Split, resolved: dict, setups: list[Setup], timings: dict, label: str
+) -> Predicted:
+    """Fit, then predict: each seed's fitted method on every test group's episode at every K."""
     implementation = METHODS.get(resolved["implementation"])
-
-    features, encoder_stats = None, None
-    if implementation.needs_features:
-        tick = time.perf_counter()
-        encoder = Encoder(EncoderSpec.parse(resolved["encoder"]), device=device, cache_dir=cache_dir)
-        features = build_features(task, encoder, task_card)
-        encoder_stats = dict(encoder.stats, dim=features.dim)
-        timings["encode_s"] = time.perf_counter() - tick
-
-    rows, scores, fits, reports, used_shots = [], {k: [] for k in resolved["shots"]}, {}, {}, {}
-    fallbacks: Counter[tuple[int, str]] = Counter()
-    known_ceilings: dict[tuple[str, str], float] = {}
-    ties: Counter[int] = Counter()
+    predicted = Predicted()
     timings["fit_s"] = timings["predict_s"] = 0.0
-    progress = tqdm(total=len(resolved["seeds"]) * len(resolved["shots"]), desc=rid, unit="cell")
+    progress = tqdm(total=len(resolved["seeds"]) * len(resolved["shots"]), desc=label, unit="cell")
     # numpy/scipy work here is many tiny solves (L-BFGS per episode): OpenBLAS threads only add contention,
     # up to 50x slower on a busy machine (torch keeps its own threads)
     with threadpool_limits(limits={"openblas": 1}):
-        setups = [
-            Setup(visible, split, seed, device, run_dir / f"seed{seed}", features, resume, cache_dir)
-            for seed in resolved["seeds"]
-        ]
-        fitted = None
-        if len(setups) > 1 and hasattr(implementation, "fit_seeds"):  # trains all seeds at once
-            tick = time.perf_counter()
-            fitted = implementation.fit_seeds(resolved["settings"], setups)
-            timings["fit_s"] += time.perf_counter() - tick
-        for n, (seed, setup) in enumerate(zip(resolved["seeds"], setups, strict=True)):
-            if fitted:
-                method, fits[str(seed)] = fitted[n]
-            else:
-                method = implementation(resolved["settings"], setup)
-                tick = time.perf_counter()
-                fits[str(seed)] = method.fit()
-                timings["fit_s"] += time.perf_counter() - tick
+        fitted = fit(implementation, resolved["settings"], setups, timings)
+        for setup, (method, fit_report) in zip(setups, fitted, strict=True):
+            predicted.fits[str(setup.seed)] = fit_report
             for shots in resolved["shots"]:
-                episodes = [draw_episode(task, group, shots, seed, split) for group in split.test]
-                tick = time.perf_counter()
-                predictions = method.predict(episodes)
-                timings["predict_s"] += time.perf_counter() - tick
-                for episode, preds in zip(episodes, predictions, strict=True):
-                    used_shots.setdefault(str(shots), {})[episode.group] = len(episode.context)
-                    role = split.role(episode.group)
-                    for row in prediction_rows(task, resolved["method"], episode, preds, role, ties):
-                        scores[shots].append((seed, episode.group, row["split"], row["score"]))
-                        rows.append(row)
+                predict(task, split, resolved["method"], method, setup.seed, shots, predicted, timings)
                 progress.update()
-            reports[str(seed)] = method.report()
-            fallbacks.update(method.fallbacks)
+            predicted.reports[str(setup.seed)] = method.report()
+            predicted.fallbacks.update(method.fallbacks)
     progress.close()
+    return predicted
 
+
+def fit(implementation: type[Method], settings: dict, setups: list[Setup], timings: dict) -> Iterator[tuple]:
+    """Fit: (method, fit report) per seed, in seed order. A method that trains several seeds at once
+    (`fit_seeds`) trains them all before the first; any other is fitted when its seed is reached, after the
+    previous seed's predictions."""
+    if len(setups) > 1 and hasattr(implementation, "fit_seeds"):
+        tick = time.perf_counter()
+        fitted = implementation.fit_seeds(settings, setups)
+        timings["fit_s"] += time.perf_counter() - tick
+        yield from fitted
+        return
+    for setup in setups:
+        method = implementation(settings, setup)
+        tick = time.perf_counter()
+        fit_report = method.fit()
+        timings["fit_s"] += time.perf_counter() - tick
+        yield method, fit_report
+
+
+def predict(
+    task: TaskData,
+    split: Split,
+    name: str,
+    method: Method,
+    seed: int,
+    shots: int,
+    predicted: Predicted,
+    timings: dict,
+) -> None:
+    """Predict: one seed's fitted method on each test group's episode of K = `shots`, a scored row per item."""
+    episodes = [draw_episode(task, group, shots, seed, split) for group in split.test]
+    tick = time.perf_counter()
+    predictions = method.predict(episodes)
+    timings["predict_s"] += time.perf_counter() - tick
+    for episode, preds in zip(episodes, predictions, strict=True):
+        predicted.context_sizes.setdefault(shots, {})[episode.group] = len(episode.context)
+        predicted.rows += prediction_rows(task, name, episode, preds, split.role(episode.group), predicted.ties)
+
+
+def prediction_rows(
+    task: TaskData, method: str, episode: Episode, preds: list, role: str, ties: Counter | None = None
+) -> list[dict]:
+    """One predictions.jsonl row per target item, with its score (checked to be a distribution); on accuracy
+    tasks ties at the top are broken (`break_tie`) and counted in `ties`."""
+    if len(preds) != len(episode.targets):
+        raise RuntimeError(f"{method} returned {len(preds)} predictions for {len(episode.targets)} targets")
+    rows = []
+    for item_id, pred in zip(episode.targets, preds, strict=True):
+        if task.metric == "accuracy" and (broken := break_tie(pred, episode, item_id)) is not None:
+            pred = broken
+            if ties is not None:
+                ties[episode.shots] += 1
+        item = task.items[item_id]
+        target = task.groups[episode.group].targets[item_id]
+        where = (
+            f"{method} prediction for group {episode.group!r} item {item_id!r} (K={episode.shots}, seed={episode.seed})"
+        )
+        rows.append(
+            {
+                "group": episode.group,
+                "item": item_id,
+                "shots": episode.shots,
+                "seed": episode.seed,
+                "split": role,
+                "context_size": len(episode.context),
+                "pred": [float(p) for p in pred],
+                "target": [float(t) for t in target],
+                "ordinal": list(item.ordinal) if item.ordinal else None,
+                "score": item_score(task.metric, pred, target, item.ordinal, where),
+            }
+        )
+    return rows
+
+
+def break_tie(pred: np.ndarray, episode: Episode, item_id: str) -> np.ndarray | None:
+    """On accuracy tasks an exact tie at the top counts wrong; every method's tie is broken here, in one
+    place, by a coin flip seeded from (group, item, K, seed) among the tied candidates (so a tie scores at
+    chance, not zero). None where there is no tie."""
+    pred = np.asarray(pred, float)
+    top = np.flatnonzero(pred == pred.max())
+    if len(top) < 2:
+        return None
+    broken = pred.copy()
+    broken[derived_rng("tie-break", episode.group, item_id, episode.shots, episode.seed).choice(top)] += 1e-6
+    return broken / broken.sum()
+
+
+def score(task: TaskData, task_card: TaskCard, visible: TaskData, shots_grid: list[int], predicted: Predicted) -> dict:
+    """Score: result.json's metrics, per K: the headline's summaries (overall, and seen and unseen groups where
+    the split has them), the groups given fewer shots than K, the reference bounds, the coverage split and the
+    fallback and tie counts."""
     metrics = {}
     majority = majority_distributions(visible) if task.metric == "accuracy" else None
     answered = {item for group in visible.groups.values() for item in group.targets}  # by some seen group
-    for shots, cell in scores.items():
-        if not cell:
+    known_ceilings: dict[tuple[str, str], float] = {}
+    for shots in shots_grid:
+        cell_rows = predicted.cell(shots)
+        if not cell_rows:
             raise DataError(f"no test predictions for K={shots}")
-        capped = {g: n for g, n in used_shots[str(shots)].items() if n < shots}
+        cell = [(r["seed"], r["group"], r["split"], r["score"]) for r in cell_rows]
         summary = cell_metrics(task.metric, cell)
-        score = summary[headline(task_card)]["mean"]
-        fell_back = {kind: n for (k, kind), n in sorted(fallbacks.items()) if k == shots}
-        cell_rows = [r for r in rows if r["shots"] == shots]
+        mean = summary[headline(task_card)]["mean"]
+        fell_back = {kind: n for (k, kind), n in sorted(predicted.fallbacks.items()) if k == shots}
+        ties = predicted.ties[shots]
         metrics[str(shots)] = {
             **summary,
-            "capped_shots": capped,
-            "reference": reference_block(task, cell_rows, score, known_ceilings, majority),
+            "capped_shots": {g: n for g, n in predicted.context_sizes[shots].items() if n < shots},
+            "reference": reference_block(task, cell_rows, mean, known_ceilings, majority),
             "coverage": coverage_block([(s, g, v) for s, g, _, v in cell], [r["item"] in answered for r in cell_rows]),
             "fallbacks": {
                 "predictions": len(cell),
                 **fell_back,
                 "share": sum(fell_back.values()) / len(cell),
-                "ties_broken": ties[shots],
-                "ties_share": ties[shots] / len(cell),
+                "ties_broken": ties,
+                "ties_share": ties / len(cell),
             },
         }
-    timings["total_s"] = time.perf_counter() - started
-    result = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": rid,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "spec": resolved,
-        "cards": {"task": task_card.path, "method": load_method_card(spec.method).path},
-        "metric": headline(task_card),
-        "metrics": metrics,
-        "ci": {"method": CI_METHOD, "seed": CI_SEED},
-        "split": split.as_dict(),
-        "data": {
-            "fingerprint": task.fingerprint(),
-            "source": str(data_dir) if data_dir else "huggingface-hub",
-            "groups": len(task.groups),
-            "items": len(task.items),
-            "drops": task.drops,
-            "drop_examples": task.drop_examples,
-            "notes": task.notes,
-            "warnings": warnings,
-            "sources": task.sources,
-        },
-        "fit": fits,
-        "predict": reports,
-        "encoder": encoder_stats,
-        "timings": timings,
-        "device": device,
-        "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
-        "versions": versions(),
-        "git": git_state(),
-    }
+    return metrics
+
+
+def write(run_dir: Path, task: TaskData, rows: list[dict], result: dict) -> dict:
+    """Write: predictions.jsonl, items.jsonl (the predicted items' prompts and candidates) and, last, result.json
+    with predictions.jsonl's digest (which makes the run finished); an earlier failure's error.json goes."""
     write_atomic(run_dir / PREDICTIONS_FILE, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
     result["predictions"] = file_digest(run_dir / PREDICTIONS_FILE)
     try:
         text = json.dumps(result, indent=2, allow_nan=False) + "\n"
     except ValueError:
-        raise RuntimeError(f"{rid}: the result holds NaN or infinity, which JSON cannot hold") from None
+        raise RuntimeError(f"{run_dir.name}: the result holds NaN or infinity, which JSON cannot hold") from None
     predicted = [task.items[i] for i in sorted({r["item"] for r in rows})]
     write_atomic(
         run_dir / "items.jsonl",

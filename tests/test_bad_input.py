@@ -603,9 +603,9 @@ def interrupt(where: str):
             raise KeyboardInterrupt
 
         import gpo_bench.runner
-        import gpo_bench.sweep
+        import gpo_bench.sweep_backends
 
-        monkeypatch.setattr(gpo_bench.runner if where == "run" else gpo_bench.sweep, "execute", stop)
+        monkeypatch.setattr(gpo_bench.runner if where == "run" else gpo_bench.sweep_backends, "execute", stop)
 
     return setup
 

@@ -17,7 +17,8 @@ from gpo_bench import loaders
 from gpo_bench.cards import load_task_card
 from gpo_bench.cli import main
 from gpo_bench.discovery import INCLUDE_ENV, task_names
-from gpo_bench.runner import PACKAGE_DIR, data_identity, limit_items, run_state
+from gpo_bench.run_folder import PACKAGE_DIR, data_identity, run_state
+from gpo_bench.runner import limit_items
 from tests import personalized_fixtures as pf
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpo_bench import runner, sweep
+from gpo_bench import runner, sweep, sweep_backends
 from gpo_bench.cli import main
 from gpo_bench.errors import CardError
 
@@ -37,7 +37,7 @@ def spy_on_execute(monkeypatch, fail_method: str | None = None) -> list[str]:
             raise RuntimeError(f"{fail_method} broke on purpose")
         return real(spec, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "execute", execute)
+    monkeypatch.setattr(sweep_backends, "execute", execute)
     return executed
 
 
@@ -84,7 +84,7 @@ def test_the_grid_from_a_file_and_flags(tmp_path):
 def test_parallel_runs_that_encode_the_same_texts_wait_for_one_that_does_not_train():
     grid = {"tasks": ("synthetic",), "methods": ("gpo", "uniform", "head", "knn"), "encoders": ("bow",)}
     runs = sweep.plan(sweep.make_grid(None, {**grid, "seeds": (0, 1)}))
-    ready, held = sweep.waves(runs)
+    ready, held = sweep_backends.waves(runs)
     leader = ready[0]
     assert leader.spec.method == "head" and leader.spec.seeds == (0,)  # the first feature run without training
     assert [r.spec.method for r in ready[1:]] == ["uniform", "uniform"]
