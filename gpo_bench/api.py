@@ -246,7 +246,7 @@ def run_sweep(
     for `cpus_per_run` CPUs and `gpus_per_run` GPUs. With `dry_run` nothing runs: `str()` of the result lists
     each planned run and its state. A bad name, setting or sweep file raises before anything runs."""
     from .loaders.common import resolve_data_dir
-    from .sweep import Options, describe, make_grid, plan
+    from .sweep import Options, absolute, describe, make_grid, plan
     from .sweep import sweep as run_grid
 
     fields = {
@@ -265,11 +265,15 @@ def run_sweep(
         grid = replace(grid, overrides={**grid.overrides, **settings})
     planned = plan(grid)
 
-    def absolute(path: Path | str | None) -> Path | None:  # workers may run in another folder or on another node
-        return None if path is None else Path(path).expanduser().resolve()
-
-    options = Options(
-        absolute(resolve_data_dir(data_dir)), absolute(output_dir), device, force, absolute(cache_dir), strict
+    options = absolute(
+        Options(
+            resolve_data_dir(data_dir),
+            Path(output_dir),
+            device,
+            force,
+            None if cache_dir is None else Path(cache_dir),
+            strict,
+        )
     )
     folders = [Path(output_dir) / "runs" / run.run_id for run in planned]
     if dry_run:

@@ -277,17 +277,7 @@ def to_markdown(board: Board) -> str:
     return "\n".join(lines) + "\n"
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f0f0f0; }
-tr.reference td { background: #f7f7f7; color: #555; font-style: italic; }
-td.best { font-weight: bold; }
-td.below { color: #b00; }
-.note { max-width: 60em; }
-"""
+STYLE_FILE = Path(__file__).resolve().parent / "report_assets" / "leaderboard.css"  # inlined into the page
 
 
 def to_html(board: Board) -> str:
@@ -370,7 +360,7 @@ def to_html(board: Board) -> str:
     notes = "".join(f"<li>{esc(n)}</li>" for n in board.notes)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>gpo-bench leaderboard</title>'
-        f"<style>{STYLE}</style></head><body>\n<h1>gpo-bench leaderboard</h1>\n"
+        f"<style>{STYLE_FILE.read_text()}</style></head><body>\n<h1>gpo-bench leaderboard</h1>\n"
         f'<p class="note">{board.n_runs} runs read from runs/*/result.json. {esc(CI_NOTE)} Bold: the best of our '
         f"rows in each column. Grey italic rows are published numbers ({REPORTED}), shown for reference and not "
         "part of any mean.</p>\n"

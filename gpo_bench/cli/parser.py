@@ -130,7 +130,7 @@ def add_leaderboard(sub: CommonFlags) -> argparse.ArgumentParser:
         "--versus",
         default=None,
         help="the row every paired difference is taken against (a method name or row label); default: each "
-        "column's strongest simple baseline (group-mix, group-knn, population, head, knn, uniform)",
+        "column's strongest simple baseline (group-mix, group-knn, population, head, knn, uniform, majority)",
     )
     board.set_defaults(func=cmd_leaderboard)
     return board
