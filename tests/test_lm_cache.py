@@ -15,6 +15,7 @@ from gpo_bench import lm
 from gpo_bench.cache import PredictionCache
 from gpo_bench.cli import main
 from gpo_bench.lm import build_tiny_model
+from gpo_bench.runner import result_validator
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,11 @@ def test_a_second_lm_base_run_scores_no_prompt_and_writes_the_same_predictions(t
     assert first["predict"]["0"]["prediction_cache"] == {"hits": 0, "misses": len(items), "uncached": 0}
     assert second["predict"]["0"]["prediction_cache"] == {"hits": len(items), "misses": 0, "uncached": 0}
     assert (first_dir / "predictions.jsonl").read_bytes() == (second_dir / "predictions.jsonl").read_bytes()
+    # the schema knows the counts: it accepts them, and refuses a negative one or a misspelled key
+    assert not list(result_validator().iter_errors(second))
+    for wrong in ({"hits": -1, "misses": 0, "uncached": 0}, {"hit": 3, "misses": 0, "uncached": 0}):
+        second["predict"]["0"]["prediction_cache"] = wrong
+        assert list(result_validator().iter_errors(second))
 
 
 def test_lm_steered_shares_its_entries_across_seeds(tiny_model, tmp_path, capsys):
