@@ -248,7 +248,9 @@ class CausalLM:
         if not prompts:
             return []
         texts = [prompt_text(ids, size) for ids, size in zip(prompts, sizes, strict=True)]
-        first = {text: i for i, text in reversed(list(enumerate(texts)))}
+        first: dict[str, int] = {}  # each distinct prompt's first position, in the order they come
+        for i, text in enumerate(texts):
+            first.setdefault(text, i)
         adapter = self.loaded.active_adapter
         found = {} if adapter else self.cache.get(self.loaded.identity, list(first))
         missing = [text for text in first if text not in found]
