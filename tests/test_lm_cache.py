@@ -92,8 +92,9 @@ def test_a_tampered_entry_is_recomputed_never_trusted(tiny_model, tmp_path, caps
     db = sqlite3.connect(tmp_path / "cache" / PredictionCache.FILE)
     with db:
         (n,) = db.execute(f"SELECT COUNT(*) FROM {PredictionCache.TABLE}").fetchone()
-        # another answer with the right size, without its checksum
-        db.execute(f"UPDATE {PredictionCache.TABLE} SET vector = ? WHERE rowid = 1", (b"\0" * 4 * 4,))
+        (dim,) = db.execute(f"SELECT dim FROM {PredictionCache.TABLE} WHERE rowid = 1").fetchone()
+        # another answer of the right size, without its checksum
+        db.execute(f"UPDATE {PredictionCache.TABLE} SET vector = ? WHERE rowid = 1", (b"\0" * 4 * dim,))
     db.close()
     with caplog.at_level(logging.WARNING):
         result, second_dir = run(args("lm-base", tiny_model, tmp_path / "b", tmp_path / "cache"), capsys)
