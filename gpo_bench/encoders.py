@@ -7,13 +7,11 @@ reward-model papers). Vectors are cached in SQLite keyed by everything that chan
 
 from __future__ import annotations
 
-import datetime
 import functools
 import hashlib
 import json
 import logging
 import re
-import sqlite3
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .cache import VectorCache
 from .errors import CardError, unknown_name
-from .files import path_error
-from .models import CACHE_ENV, default_cache_dir, folder_fingerprint, model_folder, resolve_device
+from .models import default_cache_dir, folder_fingerprint, model_folder, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -134,134 +132,12 @@ def bow_vectors(texts: list[str]) -> np.ndarray:
     return out / np.maximum(norms, 1e-12)
 
 
-class EmbeddingCache:
-    """SQLite rows (key, meta, text, dim, checksum, vector), the checksum a digest of the key and the vector
-    together; an entry whose meta, text, size or checksum does not match its key is treated as a miss and
-    overwritten. A database that SQLite cannot read is moved aside (renamed with a timestamp) and rebuilt,
-    with a warning naming both files; a database another process holds locked is waited for, saying so, up
-    to LOCK_WAIT_S seconds."""
+class EmbeddingCache(VectorCache):
+    """The encoders' vectors, keyed by the encoder's settings and weights (meta) and the input text."""
 
+    FILE = "embeddings.sqlite"
     TABLE = "vectors_v2"  # v1 checksummed the vector alone
-    LOCK_WAIT_S = 300
-
-    def __init__(self, folder: Path) -> None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise path_error(error, folder) from None
-        self.path = folder / "embeddings.sqlite"
-        self.db = self._open()
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            self.db = sqlite3.connect(self.path, timeout=5)
-        except sqlite3.OperationalError as error:  # a cold cache in a folder that cannot be written
-            raise RuntimeError(self._unwritable(error)) from None
-        self._call(
-            lambda db: db.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key TEXT PRIMARY KEY, meta TEXT, text TEXT, dim INTEGER, "
-                "checksum TEXT, vector BLOB)"
-            )
-        )
-        return self.db  # where the database was moved aside, the connection to the new one
-
-    def _call(self, operation):
-        """Run `operation(db)`; wait once for a lock, rebuild once a corrupt database."""
-        waited = rebuilt = False
-        while True:
-            try:
-                return operation(self.db)
-            except sqlite3.OperationalError as error:
-                if "unable to open" in str(error) or "readonly" in str(error):
-                    raise RuntimeError(self._unwritable(error)) from None
-                if "locked" not in str(error) and "busy" not in str(error):
-                    raise RuntimeError(f"embedding cache {self.path}: {error}") from None
-                if waited:
-                    raise RuntimeError(
-                        f"embedding cache {self.path} stayed locked by another process for {self.LOCK_WAIT_S} s"
-                    ) from None
-                log.warning(
-                    "embedding cache %s is locked by another process; waiting up to %d s", self.path, self.LOCK_WAIT_S
-                )
-                self.db.execute(f"PRAGMA busy_timeout = {self.LOCK_WAIT_S * 1000}")
-                waited = True
-            except sqlite3.DatabaseError as error:  # not a database, malformed, truncated
-                if rebuilt:
-                    raise RuntimeError(f"embedding cache {self.path}: {error}, even after a rebuild") from None
-                self._move_aside(error)
-                rebuilt = True
-
-    def _unwritable(self, error: Exception) -> str:
-        return (
-            f"embedding cache {self.path} cannot be opened or written ({error}); its folder must be writable: "
-            f"choose another with --cache-dir DIR (or ${CACHE_ENV}=DIR)"
-        )
-
-    def _move_aside(self, error: Exception) -> None:
-        """Rename the unreadable database (and its journal files) to a name no earlier quarantine holds, so that
-        every corrupt original is kept, then start an empty one."""
-        self.db.close()
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        suffixes = ("", "-journal", "-wal", "-shm")
-        number = 1
-        while any(Path(f"{aside}{suffix}").exists() for suffix in suffixes):
-            number += 1
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{number}")
-        for suffix in suffixes:
-            source = Path(f"{self.path}{suffix}")
-            if source.exists():
-                source.replace(f"{aside}{suffix}")
-        log.warning(
-            "embedding cache %s is unreadable (%s); moved it to %s and started an empty one", self.path, error, aside
-        )
-        self._open()
-
-    @staticmethod
-    def key(meta: str, text: str) -> str:
-        return hashlib.sha256(f"{meta}\0{text}".encode()).hexdigest()
-
-    @staticmethod
-    def checksum(key: str, blob: bytes) -> str:
-        return hashlib.sha256(key.encode() + blob).hexdigest()
-
-    def get(self, meta: str, texts: list[str]) -> dict[str, np.ndarray]:
-        return self._call(lambda db: self._get(db, meta, texts))
-
-    def _get(self, db: sqlite3.Connection, meta: str, texts: list[str]) -> dict[str, np.ndarray]:
-        found = {}
-        for start in range(0, len(texts), 500):
-            chunk = texts[start : start + 500]
-            keys = {self.key(meta, t): t for t in chunk}
-            marks = ",".join("?" * len(keys))
-            rows = db.execute(
-                f"SELECT key, meta, text, dim, checksum, vector FROM {self.TABLE} WHERE key IN ({marks})", list(keys)
-            ).fetchall()
-            for key, row_meta, text, dim, checksum, blob in rows:
-                valid = (
-                    row_meta == meta
-                    and text == keys[key]
-                    and len(blob) == dim * 4
-                    and self.checksum(key, blob) == checksum
-                )
-                if valid:
-                    found[text] = np.frombuffer(blob, dtype=np.float32)
-                else:
-                    log.warning("embedding cache entry for %r does not match its key; recomputing", keys[key][:60])
-        return found
-
-    def put(self, meta: str, vectors: dict[str, np.ndarray]) -> None:
-        rows = []
-        for text, vector in vectors.items():
-            blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-            key = self.key(meta, text)
-            rows.append((key, meta, text, len(vector), self.checksum(key, blob), blob))
-
-        def write(db: sqlite3.Connection) -> None:
-            with db:
-                db.executemany(f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)", rows)
-
-        self._call(write)
+    WHAT = "embedding cache"
 
 
 class Encoder:

@@ -27,6 +27,11 @@ class PromptTooLongError(RuntimeError):
     """Even without any context item, the prompt does not fit the model's context."""
 
 
+class LanguageModelError(RuntimeError):
+    """A language model that cannot run as its method's settings ask: too large for the machine's memory, no
+    chat template where the chat format is asked for, an adapter whose training diverged."""
+
+
 class UnknownNameError(KeyError):
     """A name that is not registered; the message lists the closest known names."""
 

@@ -8,7 +8,10 @@ bfloat16 when there is one, else on the CPU in float32.
 Reading: an item's option probabilities are the softmax, over its answer letters, of the next-token
 logits, each letter's tokenizer variants (`A`, ` A`) merged by logsumexp; no letter is ever dropped.
 Prompts that share a beginning (a few-shot context) run it once and reuse its key/value cache;
-prompts are batched by length under a token budget, left-padded, with explicit positions.
+prompts are batched by length under a token budget, left-padded, with explicit positions. Each prompt's
+letter log-probabilities are stored in the prediction cache (`lm-predictions.sqlite` in the cache folder,
+keyed by the model's identity and the prompt's token ids and option count), so that a prompt is paid
+for once across runs, seeds and processes; scores computed with an adapter active are never cached.
 
 Fitting: `fit_prompt` keeps the question and drops context items until the prompt fits the model.
 Fine-tuning: `adapter()` adds LoRA adapters (peft) for the duration of a `with` block and removes
@@ -23,14 +26,15 @@ import logging
 import string
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import PromptTooLongError, unknown_name
-from .models import SMOLLM2, model_folder, resolve_device
+from .cache import PredictionCache, model_identity, prompt_text
+from .errors import LanguageModelError, PromptTooLongError, unknown_name
+from .models import SMOLLM2, default_cache_dir, memory_shortfall, model_folder, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +46,13 @@ MIN_SHARED_PREFIX = 16  # tokens; a shorter common beginning is not worth a cach
 
 @dataclass
 class LoadedModel:
-    """A model and tokenizer loaded once per process, with the scores it has computed (without adapters)."""
+    """A model and tokenizer loaded once per process, and the identity its scores are cached under."""
 
     model: torch.nn.Module
     tokenizer: object
     device: torch.device
     load_s: float
-    memo: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+    identity: str
     active_adapter: bool = False
 
 
@@ -63,8 +67,9 @@ def torch_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_model(folder: Path, dtype: str, device: str, load_8bit: bool = False) -> LoadedModel:
-    """Load (once per process) a causal LM and its tokenizer from a folder."""
+def load_model(folder: Path, dtype: str, device: str, load_8bit: bool = False, name: str | None = None) -> LoadedModel:
+    """Load (once per process) a causal LM and its tokenizer from a folder; `name` (default: the folder) is
+    how errors call it."""
     key = (str(folder), dtype, device, load_8bit)
     if key in LOADED:
         return LOADED[key]
@@ -81,6 +86,8 @@ def load_model(folder: Path, dtype: str, device: str, load_8bit: bool = False) -
         except ImportError:
             raise RuntimeError("load_8bit=true needs the bitsandbytes package (pip install bitsandbytes)") from None
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": 0})
+    if problem := memory_shortfall(name or str(folder), folder, kwargs["dtype"], device, load_8bit):
+        raise LanguageModelError(problem)
     log.info("loading language model from %s (%s, %s%s)", folder, kwargs["dtype"], device, ", 8-bit" * load_8bit)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -89,7 +96,8 @@ def load_model(folder: Path, dtype: str, device: str, load_8bit: bool = False) -
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    LOADED[key] = LoadedModel(model, tokenizer, torch.device(device), time.perf_counter() - started)
+    identity = model_identity(folder, str(kwargs["dtype"]), torch.device(device).type, load_8bit)
+    LOADED[key] = LoadedModel(model, tokenizer, torch.device(device), time.perf_counter() - started, identity)
     return LOADED[key]
 
 
@@ -151,15 +159,28 @@ class CausalLM:
     `max_length`, `batch_tokens` and `chat_template` keys of an LM method card)."""
 
     def __init__(self, settings: dict, device: str, cache_dir: Path | None = None) -> None:
-        folder = model_folder(settings["model"], cache_dir)
-        self.loaded = load_model(folder, settings["dtype"], resolve_device(device), settings["load_8bit"])
+        self.name = settings["model"]
+        folder = model_folder(self.name, cache_dir)
+        self.loaded = load_model(folder, settings["dtype"], resolve_device(device), settings["load_8bit"], self.name)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
         self.device = self.loaded.device
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
-        self.max_length = min(settings["max_length"] or limit, limit)
+        self.context_limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.max_length = min(settings["max_length"] or self.context_limit, self.context_limit)
         self.batch_tokens = settings["batch_tokens"]
-        self.chat = bool(settings["chat_template"] and getattr(self.tokenizer, "chat_template", None))
+        self.chat = settings["chat_template"]
+        if self.chat and not getattr(self.tokenizer, "chat_template", None):
+            raise LanguageModelError(
+                f"language model {self.name!r}: its tokenizer{'' if self.name == str(folder) else f' ({folder})'} "
+                "has no chat template, but the method's "
+                "settings ask for the chat format (chat_template=true); use plain-text prompts with "
+                "--set chat_template=false, or a model that has a chat template (an instruct or chat model)"
+            )
+        self.cache = PredictionCache(cache_dir or default_cache_dir())
+        # distinct prompts read from the cache (hits) or scored and stored (misses); prompts scored with an
+        # adapter active, never cached (uncached)
+        self.cache_stats = {"hits": 0, "misses": 0, "uncached": 0}
+        self._counted: set[int] = set()
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self._variants: list[list[int]] = []
@@ -202,9 +223,15 @@ class CausalLM:
             else:
                 high = middle - 1
         if best is None:
+            if self.max_length < self.context_limit:
+                limit = f"max_length={self.max_length}"
+                fix = f"raise it (--set max_length=N, up to the model's context of {self.context_limit})"
+            else:
+                limit = f"model's context of {self.context_limit}"
+                fix = "use a model with a longer context"
             raise PromptTooLongError(
-                f"{what}: the prompt without any context item has {len(self.encode(build(0), response))} tokens, "
-                f"more than the model's {self.max_length}; raise max_length or use a model with a longer context"
+                f"language model {self.name!r}, {what}: the prompt without any context item has "
+                f"{len(self.encode(build(0), response))} tokens, more than the {limit}; {fix}"
             )
         return best
 
@@ -216,33 +243,41 @@ class CausalLM:
         return self._variants[:n]
 
     def option_probs(self, prompts: list[list[int]], sizes: list[int]) -> list[np.ndarray]:
-        """The probability of each of the first `sizes[i]` answer letters after `prompts[i]`."""
+        """The probability of each of the first `sizes[i]` answer letters after `prompts[i]`: read from the
+        prediction cache, else scored (and stored there unless an adapter is active)."""
         if not prompts:
             return []
-        n = max(sizes)
-        log_probs: list[torch.Tensor | None] = [None] * len(prompts)
-        memo = None if self.loaded.active_adapter else self.loaded.memo
-        todo = []
-        for i, ids in enumerate(prompts):
-            if memo is not None and tuple(ids) in memo:
-                log_probs[i] = memo[tuple(ids)]
-            else:
-                todo.append(i)
-        unique = list(dict.fromkeys(tuple(prompts[i]) for i in todo))
-        if unique:
+        texts = [prompt_text(ids, size) for ids, size in zip(prompts, sizes, strict=True)]
+        first: dict[str, int] = {}  # each distinct prompt's first position, in the order they come
+        for i, text in enumerate(texts):
+            first.setdefault(text, i)
+        adapter = self.loaded.active_adapter
+        found = {} if adapter else self.cache.get(self.loaded.identity, list(first))
+        missing = [text for text in first if text not in found]
+        self.count(first, found)
+        if missing:
             with torch.inference_mode():
-                logits = self.next_token_logits([list(u) for u in unique])
-            letters = letter_log_probs(logits, self.variants(n)).cpu()
-            computed = dict(zip(unique, letters, strict=True))
-            if memo is not None:
-                memo.update(computed)
-            for i in todo:
-                log_probs[i] = computed[tuple(prompts[i])]
+                logits = self.next_token_logits([prompts[first[text]] for text in missing])
+            letters = letter_log_probs(logits, self.variants(max(sizes))).cpu().numpy()
+            computed = {text: row[: sizes[first[text]]] for text, row in zip(missing, letters, strict=True)}
+            if not adapter:
+                self.cache.put(self.loaded.identity, computed)
+            found.update(computed)
         out = []
-        for row, size in zip(log_probs, sizes, strict=True):
-            p = torch.softmax(row[:size].double(), dim=-1).numpy()  # renormalized over this item's letters
+        for text in texts:
+            p = torch.softmax(torch.from_numpy(found[text].astype(np.float64)), dim=-1).numpy()  # this item's letters
             out.append(p / p.sum())
         return out
+
+    def count(self, texts: dict[str, int], found: dict[str, np.ndarray]) -> None:
+        """Add to `cache_stats` the prompts not counted before (each distinct prompt once per CausalLM)."""
+        if self.loaded.active_adapter:
+            self.cache_stats["uncached"] += len(texts)
+            return
+        for text in texts:
+            if hash(text) not in self._counted:
+                self._counted.add(hash(text))
+                self.cache_stats["hits" if text in found else "misses"] += 1
 
     def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
         """Next-token logits [len(prompts), vocab] after each prompt: a common beginning of the prompts
@@ -332,9 +367,16 @@ def adapter_state(peft_model: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
 
 
-def build_tiny_model(folder: Path, seed: int = 0, max_positions: int = 4096) -> Path:
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def build_tiny_model(folder: Path, seed: int = 0, max_positions: int = 4096, chat: bool = True) -> Path:
     """A random-initialized 2-layer Llama with a byte-level BPE tokenizer whose vocabulary holds every
-    byte plus ` A` … ` Z` as single tokens: for tests and smoke runs, no download."""
+    byte plus ` A` … ` Z` as single tokens, and (with `chat`) a minimal chat template: for tests and smoke
+    runs, no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -347,6 +389,8 @@ def build_tiny_model(folder: Path, seed: int = 0, max_positions: int = 4096) -> 
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
+    if chat:
+        fast.chat_template = TINY_CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=32,

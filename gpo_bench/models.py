@@ -1,7 +1,8 @@
 """Where models and caches live and what they run on: the cache folder (`--cache-dir`, else `$GPO_BENCH_CACHE`,
 else ~/.cache/gpo-bench), the device (`auto` picks CUDA when torch sees one), and a model's local folder (the
 packaged MiniLM encoder, the packaged SmolLM2 dequantized once into the cache folder, a local path, or a Hugging
-Face Hub snapshot) with the fingerprint of its weights. The encoders and the language-model code both use it."""
+Face Hub snapshot) with the fingerprint of its weights; and whether a language model fits the memory of the device
+it would run on (its parameters counted from its config, before loading). The encoders and the LM code use it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +133,48 @@ def folder_fingerprint(folder: Path) -> str:
                 tail = handle.read()
             digest.update(f"{relative}:{size}".encode() + head + tail)
     return digest.hexdigest()[:16]
+
+
+def parameter_count(folder: Path) -> int:
+    """The parameters of the causal LM in `folder`, counted from its config alone (built on the meta device:
+    no weights are read or allocated); tied weights count once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def available_memory(device: str) -> int:
+    """Bytes a model could still take on `device`: the GPU's free memory, else the RAM the system has available."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # a dependency of accelerate
+
+    return psutil.virtual_memory().available
+
+
+def memory_shortfall(name: str, folder: Path, dtype: torch.dtype, device: str, load_8bit: bool) -> str | None:
+    """Why the model in `folder` cannot be loaded, if its weights alone (parameters counted from its config,
+    before loading) need more memory than `device` has available: a message saying what to change; else None."""
+    parameters = parameter_count(folder)
+    need = parameters * (1 if load_8bit else dtype.itemsize)
+    free = available_memory(device)
+    if need <= free:
+        return None
+    fixes = ["a smaller model (--set model=...)"]
+    if not load_8bit and dtype.itemsize > 2:
+        fixes.append("2 bytes a parameter with --set dtype=bfloat16")
+    if device.startswith("cuda") and not load_8bit:
+        fixes.append("1 byte a parameter with --set load_8bit=true")
+    where = "the GPU has" if device.startswith("cuda") else "the machine has"
+    return (
+        f"language model {name!r}{'' if name == str(folder) else f' ({folder})'} does not fit: its "
+        f"{parameters:,} parameters need at least {need / 2**30:.2f} GiB in "
+        f"{'8-bit' if load_8bit else str(dtype).removeprefix('torch.')}, and {where} {free / 2**30:.2f} GiB "
+        f"available; use {', or '.join(fixes)}"
+    )

@@ -554,11 +554,11 @@ def test_a_corrupt_cache_is_moved_aside_and_rebuilt(damage, tmp_path, capsys, ca
 
 
 def test_a_locked_cache_is_waited_for_with_a_message(tmp_path, capsys, caplog, monkeypatch):
-    from gpo_bench import encoders
+    from gpo_bench import cache
 
     path = a_cache(tmp_path)
     real = sqlite3.connect
-    monkeypatch.setattr(encoders.sqlite3, "connect", lambda p, timeout=5: real(p, timeout=0.2))
+    monkeypatch.setattr(cache.sqlite3, "connect", lambda p, timeout=5: real(p, timeout=0.2))
     holder = real(path, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
     threading.Timer(1.5, holder.rollback).start()

@@ -356,7 +356,7 @@ def test_a_cache_quarantined_twice_in_one_second_keeps_both_originals(tmp_path, 
         def now(cls, tz=None):
             return cls(2026, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr("gpo_bench.encoders.datetime.datetime", Frozen)
+    monkeypatch.setattr("gpo_bench.cache.datetime.datetime", Frozen)
     originals = [b"not a database, first" * 100, b"not a database, second" * 100]
     for content in originals:
         (tmp_path / "embeddings.sqlite").write_bytes(content)

@@ -7,8 +7,9 @@ Every prompt ends in `Answer:`; the option probabilities are read from the next-
 answer letters (`gpo_bench.lm`). On preference tasks the model judges `Response A` against
 `Response B`, once in each order, and the two readings are averaged. A prompt with context items that
 does not fit the model drops context items, never the question; `report()` gives, per K and group,
-how many context items the prompts held (`context_fitted`, the fewest over the group's targets) and
-how many prompts lost items (`truncated_prompts`), which the runner writes to result.json (`predict`)."""
+how many context items the prompts held (`context_fitted`, the fewest over the group's targets), how
+many prompts lost items (`truncated_prompts`) and the prediction cache's counts (`prediction_cache`),
+which the runner writes to result.json (`predict`)."""
 
 from __future__ import annotations
 
@@ -243,7 +244,7 @@ class LMMethod(Method):
         return self.facts
 
     def report(self) -> dict:
-        return self.prediction_facts
+        return {**self.prediction_facts, "prediction_cache": dict(self.lm.cache_stats)}
 
     def item(self, item_id: str) -> Item:
         return self.setup.task.items[item_id]
@@ -278,10 +279,15 @@ class LMMethod(Method):
             f"Other response: {item.candidates[1 - chosen]}\n\n"
         )
 
-    def prompt(self, prefix: str, item_id: str, order: Order | None = None) -> FittedPrompt:
-        """`prefix`, the item and `Answer:` (no context items to drop)."""
+    @staticmethod
+    def where(episode: Episode, item_id: str) -> str:
+        """An episode's target item as errors name it."""
+        return f"group {episode.group!r} item {item_id!r}"
+
+    def prompt(self, prefix: str, item_id: str, order: Order | None, what: str) -> FittedPrompt:
+        """`prefix`, the item and `Answer:` (no context items to drop); `what` names it in errors."""
         text = prefix + self.block(item_id, order) + ANSWER
-        return self.lm.fit_prompt(lambda _: text, 0, f"item {item_id!r}")
+        return self.lm.fit_prompt(lambda _: text, 0, what)
 
     def context_prompt(
         self, blocks: list[str], frame: Callable[[list[str]], str], item_id: str, order: Order | None, what: str
@@ -325,7 +331,7 @@ class LMMethod(Method):
 @METHODS.register("lm-base", "causal LM reading the question alone (no group information)")
 class LMBase(LMMethod):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
-        return self.score(episode, lambda i, order: self.prompt("", i, order))
+        return self.score(episode, lambda i, order: self.prompt("", i, order, self.where(episode, i)))
 
 
 @METHODS.register("lm-steered", "causal LM told who the group is (portray/bio/qa), or shown a user's earlier choices")
@@ -340,12 +346,13 @@ class LMSteered(LMMethod):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         if self.judge:  # a user is described by their preference history: their K context comparisons
             blocks = [self.chosen_block(i, t) for i, t in zip(episode.context, episode.context_targets, strict=True)]
-            what = f"user {episode.group!r}"
             return self.score(
-                episode, lambda i, order: self.context_prompt(blocks, history_text, i, order, what), uses_context=True
+                episode,
+                lambda i, order: self.context_prompt(blocks, history_text, i, order, self.where(episode, i)),
+                uses_context=True,
             )
         prefix = steering_text(self.settings["style"], self.setup.task.name, episode.group)
-        return self.score(episode, lambda i, order: self.prompt(prefix, i, order))
+        return self.score(episode, lambda i, order: self.prompt(prefix, i, order, self.where(episode, i)))
 
 
 @METHODS.register("few-shot", "causal LM given the group's K context items with its answers")

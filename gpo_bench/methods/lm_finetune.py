@@ -12,7 +12,9 @@
 Adapters live only inside `CausalLM.adapter()`, so the shared model is unchanged between groups.
 Each group's training draws (adapter init, batches) come from an RNG derived from (method, group, K,
 seed). With K = 0 there is nothing to train on: `sft` is `lm-base`, `reward-model` (an untrained head
-scores every option alike) is uniform. Losses (first and last step) are recorded per K and group."""
+scores every option alike) is uniform. Losses (first and last step) are recorded per K and group; a loss
+that stops being finite ends the run with an error naming the group, seed and step. Scores computed with an
+adapter are never stored in the prediction cache (`sft` at K = 0, with no adapter, is)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from ..cards import Limit
+from ..errors import LanguageModelError
 from ..lm import LETTERS, adapter_state, length_batches
 from ..protocol import Episode, derived_rng
 from ..registry import METHODS
@@ -39,14 +42,21 @@ def soft_cross_entropy(rows: Sequence[torch.Tensor], targets: list[np.ndarray]) 
     return torch.stack(losses).mean()
 
 
-def train(params: list[dict], loss_at: Callable[[int], torch.Tensor], settings: dict) -> list[float]:
-    """`steps` AdamW steps on `loss_at(step)`, gradients clipped to `max_grad_norm`; the losses."""
+def train(params: list[dict], loss_at: Callable[[int], torch.Tensor], settings: dict, what: str) -> list[float]:
+    """`steps` AdamW steps on `loss_at(step)`, gradients clipped to `max_grad_norm`; the losses. A loss that
+    is not finite stops training with an error naming `what` (method, model, group, K, seed) and the step."""
     optimizer = torch.optim.AdamW(params, weight_decay=0.0)
     tensors = [p for group in params for p in group["params"]]
     losses = []
     for step in range(settings["steps"]):
         optimizer.zero_grad()
         loss = loss_at(step)
+        if not torch.isfinite(loss):
+            raise LanguageModelError(
+                f"{what}: the adapter's training diverged, its loss is {loss.item()} at step {step + 1} of "
+                f"{settings['steps']} (lr={settings['lr']:g}); lower the learning rate, "
+                f"e.g. --set lr={settings['lr'] / 10:g}"
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tensors, settings["max_grad_norm"])
         optimizer.step()
@@ -96,6 +106,13 @@ class PerGroupFineTuned(LMMethod):
         rng = derived_rng(type(self).__name__, episode.group, episode.shots, self.setup.seed)
         return int(rng.integers(2**31)), rng
 
+    def training(self, episode: Episode) -> str:
+        """This group's training as errors name it."""
+        return (
+            f"{type(self).__name__} with language model {self.settings['model']!r}, group {episode.group!r} "
+            f"(K={episode.shots}, seed {self.setup.seed})"
+        )
+
     def record_losses(self, episode: Episode, losses: list[float]) -> None:
         cell = self.prediction_facts.setdefault("train_loss", {}).setdefault(str(episode.shots), {})
         cell[episode.group] = [round(losses[0], 5), round(losses[-1], 5)] if losses else None
@@ -105,7 +122,7 @@ class PerGroupFineTuned(LMMethod):
 class SFT(PerGroupFineTuned):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         def build(item_id: str, order: tuple[int, ...]):
-            return self.prompt("", item_id, order)
+            return self.prompt("", item_id, order, self.where(episode, item_id))
 
         if not episode.context:
             return self.score(episode, build)
@@ -124,7 +141,8 @@ class SFT(PerGroupFineTuned):
                 return soft_cross_entropy(self.lm.letter_log_probs([p for p, _ in chosen], n), [t for _, t in chosen])
 
             model.train()
-            losses = train([{"params": trainable(model), "lr": self.settings["lr"]}], loss_at, self.settings)
+            params = [{"params": trainable(model), "lr": self.settings["lr"]}]
+            losses = train(params, loss_at, self.settings, self.training(episode))
             model.eval()
             self.record_losses(episode, losses)
             return self.score(episode, build)
@@ -175,7 +193,11 @@ class InContextFinetune(FewShot):
                 return soft_cross_entropy(self.lm.letter_log_probs([p for p, _ in chosen], n), [t for _, t in chosen])
 
             model.train()
-            losses = train([{"params": trainable(model), "lr": self.settings["lr"]}], loss_at, self.settings)
+            what = (
+                f"InContextFinetune with language model {self.settings['model']!r}, meta-training "
+                f"(seed {self.setup.seed})"
+            )
+            losses = train([{"params": trainable(model), "lr": self.settings["lr"]}], loss_at, self.settings, what)
             model.eval()
             self.state = adapter_state(model)
         self.facts.update(
@@ -195,11 +217,11 @@ class InContextFinetune(FewShot):
 class RewardModel(PerGroupFineTuned):
     SETTINGS = {**PerGroupFineTuned.SETTINGS, "head_lr": Limit(float, 0, open_low=True)}
 
-    def option_prompts(self, item_id: str) -> list[list[int]]:
+    def option_prompts(self, item_id: str, what: str) -> list[list[int]]:
         """One prompt per option: the question, then `B. option` as the answer; for a preference pair the
-        reward model's own input, the conversation with the response as the assistant's turn."""
+        reward model's own input, the conversation with the response as the assistant's turn. `what` names
+        the item in errors."""
         item = self.item(item_id)
-        what = f"item {item_id!r}"
         if self.judge:
             return [self.lm.fit_prompt(lambda _: item.prompt, 0, what, response=c).ids for c in item.candidates]
         text = self.block(item_id) + ANSWER
@@ -212,7 +234,10 @@ class RewardModel(PerGroupFineTuned):
         if not episode.context:
             return [np.full(self.n_candidates(i), 1.0 / self.n_candidates(i)) for i in episode.targets]
         seed, rng = self.group_rng(episode)
-        examples = [(self.option_prompts(i), t) for i, t in zip(episode.context, episode.context_targets, strict=True)]
+        examples = [
+            (self.option_prompts(i, self.where(episode, i)), t)
+            for i, t in zip(episode.context, episode.context_targets, strict=True)
+        ]
         batches = batch_indices(len(examples), self.settings, rng)
         head = torch.nn.Linear(self.lm.model.config.hidden_size, 1).to(self.lm.device)
         torch.nn.init.zeros_(head.weight)  # every option scores alike until trained
@@ -234,10 +259,14 @@ class RewardModel(PerGroupFineTuned):
                 {"params": trainable(model), "lr": self.settings["lr"]},
                 {"params": list(head.parameters()), "lr": self.settings["head_lr"]},
             ]
-            losses = train(params, loss_at, self.settings)
+            losses = train(params, loss_at, self.settings, self.training(episode))
             model.eval()
             self.record_losses(episode, losses)
-            flat = [(n, p) for n, item in enumerate(episode.targets) for p in self.option_prompts(item)]
+            flat = [
+                (n, p)
+                for n, item in enumerate(episode.targets)
+                for p in self.option_prompts(item, self.where(episode, item))
+            ]
             values = torch.empty(len(flat), dtype=torch.float64)
             with torch.inference_mode():
                 for batch in length_batches([len(p) for _, p in flat], self.lm.batch_tokens):
