@@ -748,7 +748,7 @@ def test_a_sweep_reruns_a_run_whose_data_changed(tmp_path, capsys, caplog):
     argv += ["--train-fracs", "0.5", "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out")]
     assert call(capsys, caplog, argv)[0] == 0
     (data / "g.csv").write_text((data / "g.csv").read_text().replace("'Japan': [0.1, 0.9]", "'Japan': [0.9, 0.1]"))
-    loaders._TASKS.clear()  # a new command is a new process: nothing of the first load is kept
+    loaders.clear_loaded_tasks()  # a new command is a new process: nothing of the first load is kept
     code, text = call(capsys, caplog, argv)
     outcome = judge(code, text, ["other data", "1 ran now"], expected=0)
     check("silent" if outcome == "vague" and "0 ran now" in text else outcome, text)

@@ -100,7 +100,7 @@ def test_a_per_person_sweep_resumes_without_running_again(task, tmp_path, capsys
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "2 ran now" in first, first
-    loaders._TASKS.clear()  # a new command is a new process
+    loaders.clear_loaded_tasks()  # a new command is a new process
     assert main([*argv, "--dry-run"]) == 0
     listing = capsys.readouterr().out
     assert [line.split()[0] for line in listing.splitlines()] == ["finished", "finished"], listing

@@ -249,7 +249,7 @@ def test_a_finished_run_is_not_reused_when_its_source_file_changed(tmp_path, cap
     assert first["data"]["sources"] == {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}
     # the same rows, other padding: the loaded data (and its fingerprint) are the same, the file is not
     data.write_text("\n".join([header, *(r.replace(",", " ,", 1) for r in rows)]) + "\n")
-    loaders._TASKS.clear()  # a new command is a new process
+    loaders.clear_loaded_tasks()  # a new command is a new process
     code, text = call(capsys, caplog, argv)
     second = json.loads(next(tmp_path.glob("out/runs/*/result.json")).read_text())
     assert second["data"]["fingerprint"] == first["data"]["fingerprint"]

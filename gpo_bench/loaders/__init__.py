@@ -23,7 +23,7 @@ from . import (  # noqa: F401  (registration)
     user_pairs,
 )
 
-__all__ = ["LOADERS", "load_task"]
+__all__ = ["LOADERS", "clear_loaded_tasks", "load_task"]
 
 log = logging.getLogger(__name__)
 _TASKS: dict[tuple[str, str], TaskData] = {}
@@ -39,3 +39,9 @@ def load_task(card: TaskCard, data_dir: Path | None) -> TaskData:
         task = _TASKS[key]
         log.info("task %s: %d groups, %d items; dropped %s", card.name, len(task.groups), len(task.items), task.drops)
     return _TASKS[key]
+
+
+def clear_loaded_tasks() -> None:
+    """Forget every task loaded in this process, so that the next load reads its files again (as a new process
+    would): for a notebook whose data files changed."""
+    _TASKS.clear()
