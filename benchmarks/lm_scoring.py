@@ -12,13 +12,13 @@ themselves are asked to predict a few test groups' episodes, and the prompts the
 - plain: what a user would write, one prompt at a time, no prefix reuse: `model(input_ids).logits[:, -1]`,
   then a softmax over the answer letters (each letter's spellings merged by logsumexp, as the methods read them).
 
-Rounds alternate the two sides so that both see the same machine load; the report gives each side's tokens/s
-(prompt tokens: what the prompts hold, not what was run), the median of the per-round ratios, and the largest
-difference between the two sides' option probabilities (they must agree within --tolerance, else the script
-fails). The floor is 2 × the decoder's matrix-product parameters × the prompt tokens, plus the output head once
-per prompt, at the float32 GEMM rate this machine reaches with torch.matmul on the model's own weight shapes;
-"fraction of the floor" is the floor's time over the measured time (above 100% is possible: shared prompt
-beginnings run once).
+The two sides alternate episode by episode, each going first in turn, so that both see the same machine load.
+The report gives each side's tokens/s (prompt tokens: what the prompts hold, not what was run), the median of
+the per-round ratios, and the largest difference between the two sides' option probabilities (they must agree
+within --tolerance, else the script fails). The floor is 2 × the decoder's matrix-product parameters × the
+prompt tokens, plus the output head once per prompt, at the float32 GEMM rate this machine reaches with
+torch.matmul on the model's own weight shapes (measured each round); "against the floor" is the floor's time
+over the measured time (above 100% is possible: shared prompt beginnings run once).
 """
 
 import argparse
@@ -125,9 +125,7 @@ def tokens_run(batches: list[Batch], batch_tokens: int) -> tuple[int, int]:
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
         rests = [len(p) - shared for p in prompts]
         run += shared + sum(rests)
-        padded += shared + sum(
-            max(rests[i] for i in b) * len(b) for b in length_batches([r + shared for r in rests], batch_tokens)
-        )
+        padded += shared + sum(max(rests[i] for i in b) * len(b) for b in length_batches(rests, batch_tokens, shared))
     return run, padded
 
 
@@ -167,14 +165,23 @@ def compare(method_name: str, shots: int, args: argparse.Namespace) -> None:
     plain(lm.model, variants, batches[:1])
     times: dict[str, list[float]] = {"gpo-bench": [], "plain": []}
     floors: list[float] = []
-    for _ in range(args.rounds):
+    mine: list[np.ndarray] = []
+    reference: list[np.ndarray] = []
+    for round_ in range(args.rounds):
         floors.append(flops / gemm_rate(lm.model, rows=min(lm.batch_tokens, 1024)))
-        tick = time.perf_counter()
-        mine = ours(lm, batches)
-        times["gpo-bench"].append(time.perf_counter() - tick)
-        tick = time.perf_counter()
-        reference = plain(lm.model, variants, batches)
-        times["plain"].append(time.perf_counter() - tick)
+        seconds = {"gpo-bench": 0.0, "plain": 0.0}
+        mine, reference = [], []
+        for e, batch in enumerate(batches):  # the sides alternate per episode, each going first in turn
+            sides = ["gpo-bench", "plain"] if (e + round_) % 2 == 0 else ["plain", "gpo-bench"]
+            for side in sides:
+                tick = time.perf_counter()
+                if side == "gpo-bench":
+                    mine += ours(lm, [batch])
+                else:
+                    reference += plain(lm.model, variants, [batch])
+                seconds[side] += time.perf_counter() - tick
+        for side, total in seconds.items():
+            times[side].append(total)
     difference = max(float(np.abs(a - b).max()) for a, b in zip(mine, reference, strict=True))
     label = f"{method_name} (K = {shots})" if shots else f"{method_name} (portray)"
     print(
