@@ -125,7 +125,8 @@ def tokens_run(batches: list[Batch], batch_tokens: int) -> tuple[int, int]:
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
         rests = [len(p) - shared for p in prompts]
         run += shared + sum(rests)
-        padded += shared + sum(max(rests[i] for i in b) * len(b) for b in length_batches(rests, batch_tokens, shared))
+        groups = length_batches([r + shared for r in rests], batch_tokens)
+        padded += shared + sum(max(rests[i] for i in b) * len(b) for b in groups)
     return run, padded
 
 

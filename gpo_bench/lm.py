@@ -38,7 +38,6 @@ DEFAULT_LM = SMOLLM2
 LETTERS = string.ascii_uppercase
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIN_SHARED_PREFIX = 16  # tokens; a shorter common beginning is not worth a cache copy per batch
-MAX_PADDING = 0.1  # of a batch's longest sequence: more padding costs more than the smaller batches it avoids
 
 
 @dataclass
@@ -128,20 +127,16 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
     return n
 
 
-def length_batches(lengths: list[int], batch_tokens: int, shared: int = 0) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first: each batch's padded size, counting
-    `shared` tokens before every sequence (a reused prefix), is ≤ `batch_tokens` (a single longer sequence
-    forms its own batch), and no sequence is padded by more than `MAX_PADDING` of its batch's longest."""
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first, each padded size ≤ `batch_tokens`
+    (a single longer sequence forms its own batch)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
-        if batches:
-            longest = lengths[batches[-1][0]]
-            fits = (shared + longest) * (len(batches[-1]) + 1) <= batch_tokens
-            if fits and longest - lengths[i] <= MAX_PADDING * longest:
-                batches[-1].append(i)
-                continue
-        batches.append([i])
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
     return batches
 
 
@@ -261,7 +256,7 @@ class CausalLM:
             prefix_cache = getattr(self.model(input_ids=prefix, use_cache=True, logits_to_keep=1), self._cache_arg)
         rests = [p[shared:] for p in prompts]
         rows: list[torch.Tensor | None] = [None] * len(prompts)
-        for batch in length_batches([len(r) for r in rests], self.batch_tokens, shared):
+        for batch in length_batches([len(r) + shared for r in rests], self.batch_tokens):
             inputs = self.batch_inputs([rests[i] for i in batch], prefix_cache, shared)
             for i, row in zip(batch, self.model(**inputs, logits_to_keep=1).logits[:, -1], strict=True):
                 rows[i] = row

@@ -100,14 +100,6 @@ def test_length_batches_respect_the_token_budget():
     assert all(max(lengths[i] for i in b) * len(b) <= 100 for b in batches[1:])
 
 
-def test_length_batches_count_the_shared_prefix_and_keep_padding_small():
-    assert length_batches([100, 100, 100], 300, shared=50) == [[0, 1], [2]]  # (50 + 100) x 2 = 300
-    lengths = [100, 95, 91, 89, 60, 58, 30]
-    batches = length_batches(lengths, 10_000)
-    assert batches == [[0, 1, 2], [3], [4, 5], [6]]
-    assert all(max(lengths[i] for i in b) - lengths[j] <= 0.1 * max(lengths[i] for i in b) for b in batches for j in b)
-
-
 def test_prompts_drop_context_items_to_fit_never_the_question(lm):
     blocks = [f"Question: context item {i}?\nAnswer shares: A: 50%, B: 50%\n\n" for i in range(10)]
     question = "Question: the one to answer?\nA. yes\nB. no\nAnswer:"
