@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gpo_bench import lm
+from gpo_bench import lm, tiny_model
 from gpo_bench.runner import RunSpec, execute
 
 LM_METHODS = ["lm-base", "lm-steered", "lm-steered-bio", "lm-steered-qa", "few-shot"]
@@ -53,7 +53,7 @@ def main() -> int:
         print(f"gpu smoke on {torch.cuda.get_device_name()}")
     shots = tuple(int(k) for k in args.shots.split(","))
     with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as scratch:
-        model = str(lm.build_tiny_model(Path(scratch) / "model"))
+        model = str(tiny_model.build_tiny_model(Path(scratch) / "model"))
         runs = [(m, {"model": model}) for m in LM_METHODS]
         runs += [(m, {"model": model, "steps": 3, "batch_size": 4, "lora_layers": None}) for m in FINETUNED]
         runs.append(("gpo", {"max_steps": 20, "eval_every": 10, "bf16": args.device == "cuda"}))

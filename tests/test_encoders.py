@@ -74,9 +74,9 @@ def test_long_inputs_are_truncated_from_the_left(tmp_path):
 
 
 def test_smollm2_encoder_reads_the_lm_baselines_model_from_the_cache_dir(tmp_path, monkeypatch):
-    from gpo_bench import lm, models
+    from gpo_bench import models, tiny_model
 
-    tiny = lm.build_tiny_model(tmp_path / "tiny")
+    tiny = tiny_model.build_tiny_model(tmp_path / "tiny")
     asked = []
     monkeypatch.setattr(models, "smollm2_folder", lambda cache_dir: asked.append(cache_dir) or tiny)
     encoder = Encoder(EncoderSpec.parse("smollm2,pooling=mean"), device="cpu", cache_dir=tmp_path / "cache")

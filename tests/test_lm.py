@@ -10,7 +10,6 @@ from gpo_bench import models
 from gpo_bench.errors import PromptTooLongError
 from gpo_bench.lm import (
     CausalLM,
-    build_tiny_model,
     common_prefix_length,
     length_batches,
     letter_log_probs,
@@ -18,6 +17,7 @@ from gpo_bench.lm import (
 )
 from gpo_bench.methods.lm_finetune import soft_cross_entropy, train
 from gpo_bench.models import model_folder
+from gpo_bench.tiny_model import build_tiny_model
 
 LORA = {
     "lora_r": 4,

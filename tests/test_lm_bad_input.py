@@ -11,8 +11,9 @@ import torch
 
 from gpo_bench import models
 from gpo_bench.cli import main
-from gpo_bench.lm import CausalLM, build_tiny_model
+from gpo_bench.lm import CausalLM
 from gpo_bench.models import parameter_count
+from gpo_bench.tiny_model import build_tiny_model
 
 SETTINGS = {"dtype": "auto", "load_8bit": False, "max_length": None, "batch_tokens": 512, "chat_template": True}
 

@@ -14,8 +14,8 @@ import pytest
 from gpo_bench import lm
 from gpo_bench.cache import PredictionCache
 from gpo_bench.cli import main
-from gpo_bench.lm import build_tiny_model
-from gpo_bench.runner import result_validator
+from gpo_bench.run_folder import result_validator
+from gpo_bench.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ from gpo_bench import models
 from gpo_bench.cards import load_task_card
 from gpo_bench.cli import main
 from gpo_bench.data import Group, Item, TaskData
-from gpo_bench.lm import CausalLM, build_tiny_model
+from gpo_bench.lm import CausalLM
 from gpo_bench.methods.base import Setup
 from gpo_bench.methods.lm import ANSWER, ATTRIBUTES, GROUP, JUDGE_HEADER, LMBase, group_attribute, steering_text
 from gpo_bench.protocol import Episode, Split
+from gpo_bench.tiny_model import build_tiny_model
 
 LM_METHODS = ["lm-base", "lm-steered", "lm-steered-bio", "lm-steered-qa", "few-shot"]
 FINETUNED = ["sft", "in-context-finetune", "reward-model"]

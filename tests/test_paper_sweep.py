@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from gpo_bench.cli import main
-from gpo_bench.lm import build_tiny_model
+from gpo_bench.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = REPO / "sweeps" / "paper-gpu.yaml"
