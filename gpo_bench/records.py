@@ -133,6 +133,8 @@ def variant(spec: dict) -> str:
     if card_settings is None and settings:
         parts.append(f"settings={json.dumps(settings, sort_keys=True)}")
     elif card_settings is not None:
+        if "model" in card_settings and card_settings["model"] == settings.get("model", card_settings["model"]):
+            parts.append(f"model={card_settings['model']}")  # a language model's row always names its model
         parts += [f"{k}={settings[k]}" for k in sorted(settings) if card_settings.get(k) != settings[k]]
     if spec.get("split_seed", 0) != 0:
         parts.append(f"split_seed={spec['split_seed']}")

@@ -69,7 +69,7 @@ def _fmt_reference(value: float) -> str:
 
 
 def _cell_text(stats: CellStats) -> str:
-    headroom = "" if stats.headroom is None else f" · {stats.headroom:.0%}"
+    headroom = "" if stats.headroom is None else f" · {round(stats.headroom, 2) + 0.0:.0%}"  # + 0.0: no "-0%"
     return f"{_fmt(stats.mean)} [{_fmt(stats.ci[0])}, {_fmt(stats.ci[1])}] n={stats.n}{headroom}"
 
 

@@ -152,6 +152,17 @@ def test_runs_with_other_settings_or_encoders_are_their_own_rows(tmp_path):
     assert [r.row for r in gb.load_runs(tmp_path, encoder=bow)] == ["knn [encoder=bow]"]
 
 
+def test_a_language_model_row_names_its_model_even_the_cards_default(tmp_path):
+    values = {20: {"g1": 0.9, "g2": 0.8}}
+    default = load_method_card("lm-base").settings
+    write_run(tmp_path, "a", "opinionqa", "lm-base", 0, values, settings=dict(default))
+    write_run(tmp_path, "b", "opinionqa", "lm-base", 0, values, settings={**default, "model": "/models/llama-7b"})
+    write_run(tmp_path, "c", "opinionqa", "knn", 0, values, settings=dict(load_method_card("knn").settings))
+    assert sorted(build(tmp_path).rows) == sorted(
+        ["knn", f"lm-base [model={default['model']}]", "lm-base [model=/models/llama-7b]"]
+    )
+
+
 def test_reference_rows_are_present_marked_and_not_mixed_in(tmp_path):
     tables = opinion_runs(tmp_path)
     board = build(tmp_path)
