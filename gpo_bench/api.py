@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .aggregate import Comparison
 from .board import Board, build_board
 from .cards import SPEC_LIMITS, Limit
+from .encoders import split_encoders
 from .errors import CardError, DataError, RunFileError
 from .pairing import comparisons, select
 from .records import RESULT_FILE, RunRecord, Runs, read_record
@@ -58,6 +59,7 @@ def run(
     settings: dict | None = None,
     output_dir: Path | str = "results",
     encoder: str | None = None,
+    model: str | None = None,
     split_seed: int = 0,
     limit_items: int | None = None,
     device: str = "auto",
@@ -69,9 +71,11 @@ def run(
     """Run `method` on `task` into `output_dir/runs/<run id>/` (or reuse the finished run of the same spec unless
     `force`) and return its record. `shots` (default: the task card's grid), `seeds` (default 0, 1, 2),
     `train_frac` (default: the card's), `settings` (overrides of the method card's settings) and `encoder`
-    (default minilm; ignored by methods without features) are what `gpo-bench run` takes as flags; `strict` makes
+    (default minilm; ignored by methods without features) are what `gpo-bench run` takes as flags; `model` is the
+    method's language model (its `model` setting) and the encoder's where `encoder` is `"model"`; `strict` makes
     the loader's warnings (unknown names, empty files) errors, as `--strict` does."""
     from .loaders.common import resolve_data_dir
+    from .run_folder import with_model
     from .runner import RunSpec, execute, run_id
 
     spec = RunSpec(
@@ -85,6 +89,13 @@ def run(
         limit_items=limit_items,
         overrides=dict(settings or {}),
     )
+    modelled = with_model(spec, model)
+    if model is not None and modelled == spec:
+        raise CardError(
+            f"--model {model}: method {method!r} has no model setting; to use the model's embeddings, "
+            "add --encoder model"
+        )
+    spec = modelled
     output_dir = Path(output_dir)
     cache = None if cache_dir is None else Path(cache_dir)
     result = execute(spec, resolve_data_dir(data_dir), output_dir, device, force, resume, cache, strict=strict)
@@ -216,6 +227,7 @@ def run_sweep(
     *,
     file: Path | str | None = None,
     encoders: str | Sequence[str] | None = None,
+    model: str | None = None,
     train_fracs: str | Sequence[float] | float | None = None,
     shots: str | Sequence[int] | None = None,
     seeds: str | Sequence[int] | None = None,
@@ -240,7 +252,8 @@ def run_sweep(
     `output_dir/runs/` (each run evaluates every K of `shots`), as `gpo-bench sweep` does with the same flags:
     finished runs are reused unless `force`, a failing run leaves error.json in its folder and the others go on.
     `file` is a YAML sweep file whose fields the arguments given here (not None) replace; `settings` maps
-    `setting` (every method whose card has it) or `method.setting` to a value, on top of the file's `set`.
+    `setting` (every method whose card has it) or `method.setting` to a value, on top of the file's `set`;
+    `model` names the language model of every method with a `model` setting and of the encoder `"model"`.
     A method that trains several seeds at once (gpo) gets one run for all `seeds` unless `seeds_together` is
     False. `jobs` runs that many at once (one process each); `backend="ray"` makes each run a Ray task asking
     for `cpus_per_run` CPUs and `gpus_per_run` GPUs. With `dry_run` nothing runs: `str()` of the result lists
@@ -252,7 +265,8 @@ def run_sweep(
     fields = {
         "tasks": _listed("tasks", tasks),
         "methods": _listed("methods", methods),
-        "encoders": _listed("encoders", encoders),
+        "encoders": _listed("encoders", split_encoders(encoders) if isinstance(encoders, str) else encoders),
+        "model": model,
         "train_fracs": _listed("train_fracs", train_fracs, SPEC_LIMITS["train_frac"]),
         "shots": _listed("shots", shots, SPEC_LIMITS["shots"]),
         "seeds": _listed("seeds", seeds, SPEC_LIMITS["seeds"]),

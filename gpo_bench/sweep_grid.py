@@ -11,16 +11,17 @@ import yaml
 
 from .cards import SPEC_LIMITS, load_method_card, parse_overrides
 from .discovery import discover
-from .encoders import DEFAULT_ENCODER
+from .encoders import DEFAULT_ENCODER, split_encoders
 from .errors import CardError
 from .registry import METHODS
-from .run_folder import RunSpec, run_id
+from .run_folder import RunSpec, run_id, with_model
 
 # sweep-file field → (accepted item type, is a list)
 FILE_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "tasks": (str, True),
     "methods": (str, True),
     "encoders": (str, True),
+    "model": (str, False),
     "train_fracs": ((int, float), True),
     "shots": (int, True),
     "seeds": (int, True),
@@ -37,7 +38,8 @@ FILE_LIMITS["limit_items"] = "limit_items"
 @dataclass(frozen=True)
 class Grid:
     """The sweep: every combination of its lists; `overrides` keys are `setting` (every method whose card
-    has it) or `method.setting` (that method only)."""
+    has it) or `method.setting` (that method only); `model` is the language model of every method whose card
+    has a `model` setting and of the encoder named `model`."""
 
     tasks: tuple[str, ...]
     methods: tuple[str, ...]
@@ -49,6 +51,7 @@ class Grid:
     seeds_together: bool = True  # one run for all seeds where the method trains them at once
     limit_items: int | None = None
     overrides: dict = field(default_factory=dict)
+    model: str | None = None
 
     def method_overrides(self, method: str) -> dict:
         """The overrides that apply to `method` (checked against its card when the spec is resolved)."""
@@ -79,7 +82,7 @@ class Grid:
     def specs(self) -> list[RunSpec]:
         """One RunSpec per (task, method, encoder, train-frac, seed set), in that nesting order."""
         self.check_overrides()
-        return [
+        specs = [
             RunSpec(
                 task=task,
                 method=method,
@@ -97,6 +100,13 @@ class Grid:
             for train_frac in self.train_fracs
             for seeds in self.seed_sets(method)
         ]
+        with_models = [with_model(spec, self.model) for spec in specs]
+        if self.model is not None and with_models == specs:
+            raise CardError(
+                f"--model {self.model}: no method of this sweep ({', '.join(self.methods)}) has a model setting and "
+                "no encoder is 'model'"
+            )
+        return with_models
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,8 @@ def load_sweep_file(path: Path) -> dict:
         types, is_list = FILE_FIELDS[key]
         if is_list:
             if isinstance(value, str) and types is str:
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                parts = split_encoders(value) if key == "encoders" else (v.strip() for v in value.split(","))
+                value = [part for part in parts if part]
             if not isinstance(value, list) or not value:
                 raise CardError(f"{path}: field {key!r} must be a non-empty list, got {value!r}")
             bad = [v for v in value if not isinstance(v, types) or isinstance(v, bool)]

@@ -36,7 +36,7 @@ def tiny_model(tmp_path_factory) -> str:
 def sweep(data_dir: Path, out: Path, device: str, model: str, *extra: str) -> int:
     sets = [arg for pair in TINY_BUDGET for arg in ("--set", pair)]
     args = ["sweep", "--file", str(SWEEP), "--data-dir", str(data_dir), "--output-dir", str(out)]
-    return main([*args, "--device", device, "--set", f"model={model}", "--encoders", model, *sets, *extra])
+    return main([*args, "--device", device, "--model", model, *sets, *extra])
 
 
 def finished_rows(out: Path) -> dict[tuple[str, str, float], dict]:
@@ -80,8 +80,11 @@ def test_every_row_of_the_paper_sweep_finishes_on_the_cpu(data_dir, tiny_model, 
 
 
 def test_the_sweep_stops_until_the_model_is_named(data_dir, tmp_path, capsys):
-    assert main(["sweep", "--file", str(SWEEP), "--data-dir", str(data_dir), "--output-dir", str(tmp_path)]) != 0
-    assert "unknown encoder 'MODEL'" in capsys.readouterr().err
+    args = ["sweep", "--file", str(SWEEP), "--data-dir", str(data_dir), "--output-dir", str(tmp_path)]
+    assert main(args) != 0
+    assert "pass --model HUB_ID_OR_FOLDER" in capsys.readouterr().err
+    assert main([*args, "--model", "some/model", "--set", "model=other/model"]) != 0
+    assert "the model is named twice" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
@@ -102,7 +105,7 @@ def test_the_first_rows_of_the_paper_sweep_run_for_real_on_a_gpu(data_dir, tmp_p
     or a folder; default smollm2, offline). Their scores must lie between the worst and the best possible."""
     model = os.environ.get("GPO_BENCH_PAPER_MODEL", "smollm2")
     args = ["sweep", "--file", str(SWEEP), "--data-dir", str(data_dir), "--output-dir", str(tmp_path)]
-    args += ["--device", "cuda", "--set", f"model={model}", "--encoders", model, "--tasks", "opinionqa"]
+    args += ["--device", "cuda", "--model", model, "--tasks", "opinionqa"]
     assert main([*args, "--methods", "lm-base,lm-steered", "--train-fracs", "0.4", "--seeds", "0"]) == 0
     rows = finished_rows(tmp_path)
     assert set(rows) == {("opinionqa", "lm-base", 0.4), ("opinionqa", "lm-steered", 0.4)}

@@ -11,7 +11,7 @@ import sys
 
 from ..cards import apply_overrides, load_method_card, load_task_card, parse_overrides
 from ..discovery import card_origin, discover, method_names, task_names
-from ..encoders import ALIASES, EncoderSpec
+from ..encoders import ALIASES, MODEL_ENCODER, EncoderSpec
 from ..errors import DataError
 from .run_table import print_table
 
@@ -47,7 +47,8 @@ def check_names(tasks: tuple[str, ...], methods: tuple[str, ...], encoders: tupl
     for name in methods:
         load_method_card(name)
     for encoder in encoders:
-        EncoderSpec.parse(encoder)
+        if encoder.partition(",")[0] != MODEL_ENCODER:  # the run's --model: checked when the spec is made
+            EncoderSpec.parse(encoder)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -72,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings=settings,
         output_dir=args.output_dir,
         encoder=args.encoder,
+        model=args.model,
         split_seed=args.split_seed,
         limit_items=args.limit_items,
         device=args.device,
@@ -97,6 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.methods,
         file=args.file,
         encoders=args.encoders,
+        model=args.model,
         train_fracs=args.train_fracs,
         shots=args.shots,
         seeds=args.seeds,

@@ -93,6 +93,13 @@ def add_spec_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         default=None,
         help="keep only the first N items (quick runs; groups left with fewer than 2 are dropped and counted)",
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="HUB_ID_OR_FOLDER",
+        help="the language model, named once: the LM methods' model setting (default smollm2, the offline "
+        "SmolLM2-135M-Instruct) and the encoder where the encoder is 'model' (GPO on that model's embeddings)",
+    )
     metavar, set_help = SET_FLAG[command]
     parser.add_argument("--set", action="append", default=[], metavar=metavar, help=set_help)
     parser.add_argument(

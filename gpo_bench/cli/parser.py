@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..cards import SPEC_LIMITS, Limit
-from ..encoders import ALIASES, DEFAULT_ENCODER
+from ..encoders import ALIASES, DEFAULT_ENCODER, split_encoders
 from .commands import cmd_compare, cmd_fetch, cmd_leaderboard, cmd_list, cmd_plot, cmd_report, cmd_run, cmd_sweep
 from .flags import CommonFlags, add_reader_arguments, add_spec_arguments, flag, include_parser, str_list
 
@@ -53,7 +53,7 @@ def add_sweep(sub: CommonFlags) -> argparse.ArgumentParser:
     sweep.add_argument("--methods", type=str_list, default=None, help="comma-separated method card names")
     sweep.add_argument(
         "--encoders",
-        type=str_list,
+        type=split_encoders,
         default=None,
         help=f"comma-separated encoders (default {DEFAULT_ENCODER}); methods without features ignore them",
     )
