@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .cards import load_task_card
 from .discovery import discover
 from .files import write_atomic
 from .methods.base import Method
@@ -139,11 +140,19 @@ def waves(pending: list[PlannedRun]) -> tuple[list[PlannedRun], dict[str, list[P
     """The runs to start at once, and the runs held back until a given run finishes. Parallel runs that
     encode the same (task, encoder) texts would each encode all of them (the cache fills only as they go),
     so one of them leads, preferably one whose method does not train (its cost is the encoding), and the
-    others start when it is done and the embedding cache is warm."""
+    others start when it is done and the embedding cache is warm. Likewise parallel runs of a method whose
+    predictions on survey groups are the same for every seed, K and split (`Method.same_for_every_seed`: an LM
+    reading the question, or the group's name) would each score every prompt: the first leads, and the others
+    read the prediction cache it filled."""
     ready, groups = [], defaultdict(list)
     for run in pending:
-        if METHODS.get(run.resolved["implementation"]).needs_features:
-            groups[(run.resolved["task"], run.resolved["encoder"], run.resolved["limit_items"])].append(run)
+        r = run.resolved
+        method = METHODS.get(r["implementation"])
+        if method.needs_features:
+            groups[("encode", r["task"], r["encoder"], r["limit_items"])].append(run)
+        elif method.same_for_every_seed and load_task_card(r["task"]).protocol == "opinion":
+            settings = json.dumps(r["settings"], sort_keys=True)
+            groups[("predict", r["task"], r["implementation"], settings, r["limit_items"])].append(run)
         else:
             ready.append(run)
     held = {}

@@ -232,3 +232,22 @@ def test_the_ray_backend_gives_the_same_run_folders(tmp_path):
     assert main([*args, "--output-dir", str(tmp_path / "local")]) == 0
     assert main([*args, "--backend", "ray", "--output-dir", str(tmp_path / "ray")]) == 0
     assert results(tmp_path / "local") == results(tmp_path / "ray")
+
+
+def test_parallel_lm_runs_that_score_the_same_prompts_wait_for_one_that_fills_the_cache():
+    grid = {"tasks": ("opinionqa",), "methods": ("lm-base", "lm-steered", "few-shot"), "train_fracs": (0.4, 0.6)}
+    runs = sweep.plan(sweep.make_grid(None, {**grid, "seeds": (0, 1)}))
+    ready, held = sweep_backends.waves(runs)
+    leaders = [r for r in ready if r.run_id in held]
+    assert [(r.spec.method, r.spec.train_frac, r.spec.seeds) for r in leaders] == [
+        ("lm-base", 0.4, (0,)),
+        ("lm-steered", 0.4, (0,)),
+    ]
+    for leader in leaders:  # every other split and seed of the same method reads the leader's cache
+        assert {(r.spec.method, r.spec.train_frac, r.spec.seeds) for r in held[leader.run_id]} == {
+            (leader.spec.method, 0.4, (1,)),
+            (leader.spec.method, 0.6, (0,)),
+            (leader.spec.method, 0.6, (1,)),
+        }
+    # few-shot's prompts hold the seed's context items: its runs start at once
+    assert sorted(r.spec.seeds for r in ready if r.spec.method == "few-shot") == [(0,), (0,), (1,), (1,)]

@@ -50,6 +50,9 @@ class Method(abc.ABC):
     # when the card is loaded and on each --set); a subclass extends its parent's with {**Parent.SETTINGS, ...}
     SETTINGS: ClassVar[dict[str, Limit]] = {}
     needs_context: bool = False  # learns only from the K shots: with none, nothing but a tie (see `above_floor`)
+    # predictions on survey groups that depend on no seed, K or split, computed once and cached: a sweep runs
+    # one such run ahead of the others of its task and settings, which then read its cache (`sweep_backends.waves`)
+    same_for_every_seed: bool = False
 
     def __init__(self, settings: dict, setup: Setup) -> None:
         self.settings = settings

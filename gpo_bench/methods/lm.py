@@ -330,6 +330,8 @@ class LMMethod(Method):
 
 @METHODS.register("lm-base", "causal LM reading the question alone (no group information)")
 class LMBase(LMMethod):
+    same_for_every_seed = True  # the prompt is the question alone
+
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
         return self.score(episode, lambda i, order: self.prompt("", i, order, self.where(episode, i)))
 
@@ -337,6 +339,7 @@ class LMBase(LMMethod):
 @METHODS.register("lm-steered", "causal LM told who the group is (portray/bio/qa), or shown a user's earlier choices")
 class LMSteered(LMMethod):
     SETTINGS = {**LMMethod.SETTINGS, "style": Limit(str, choices=STYLES)}
+    same_for_every_seed = True  # on survey groups: the group's name and the question
 
     def __init__(self, settings: dict, setup: Setup) -> None:
         if settings["style"] not in STYLES:
