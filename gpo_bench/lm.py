@@ -25,6 +25,7 @@ import inspect
 import logging
 import string
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,7 +349,9 @@ class CausalLM:
             task_type="CAUSAL_LM",
         )
         torch.manual_seed(seed)
-        peft_model = get_peft_model(self.model, config)
+        with warnings.catch_warnings():  # peft asks transformers the name it deprecated; nothing for a user to do
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            peft_model = get_peft_model(self.model, config)
         if state is not None:
             set_peft_model_state_dict(peft_model, state)
         self.loaded.active_adapter = True
