@@ -178,10 +178,12 @@ class CausalLM:
                 "--set chat_template=false, or a model that has a chat template (an instruct or chat model)"
             )
         self.cache = PredictionCache(cache_dir or default_cache_dir())
-        # distinct prompts read from the cache (hits) or scored and stored (misses); prompts scored with an
-        # adapter active, never cached (uncached)
+        # distinct prompts read from the cache (hits) or scored and stored (misses); prompts scored where
+        # nothing is cached: under an adapter without a recipe (uncached)
         self.cache_stats = {"hits": 0, "misses": 0, "uncached": 0}
         self._counted: set[int] = set()
+        self.adapter_recipe: str | None = None  # see `adapter`
+        self.before_scoring: Callable[[], None] | None = None
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self._variants: list[list[int]] = []
@@ -252,17 +254,20 @@ class CausalLM:
         first: dict[str, int] = {}  # each distinct prompt's first position, in the order they come
         for i, text in enumerate(texts):
             first.setdefault(text, i)
-        adapter = self.loaded.active_adapter
-        found = {} if adapter else self.cache.get(self.loaded.identity, list(first))
+        identity = self.cache_identity()
+        found = {} if identity is None else self.cache.get(identity, list(first))
         missing = [text for text in first if text not in found]
         self.count(first, found)
         if missing:
+            if self.before_scoring is not None:  # the adapter trains only when something is left to score
+                self.before_scoring()
+                self.before_scoring = None
             with torch.inference_mode():
                 logits = self.next_token_logits([prompts[first[text]] for text in missing])
             letters = letter_log_probs(logits, self.variants(max(sizes))).cpu().numpy()
             computed = {text: row[: sizes[first[text]]] for text, row in zip(missing, letters, strict=True)}
-            if not adapter:
-                self.cache.put(self.loaded.identity, computed)
+            if identity is not None:
+                self.cache.put(identity, computed)
             found.update(computed)
         out = []
         for text in texts:
@@ -270,14 +275,24 @@ class CausalLM:
             out.append(p / p.sum())
         return out
 
+    def cache_identity(self) -> str | None:
+        """The prediction cache's key for the model as it is now: its identity, plus the recipe of the active
+        adapter (None, nothing cached, under an adapter without one)."""
+        if not self.loaded.active_adapter:
+            return self.loaded.identity
+        return None if self.adapter_recipe is None else f"{self.loaded.identity}|adapter {self.adapter_recipe}"
+
     def count(self, texts: dict[str, int], found: dict[str, np.ndarray]) -> None:
-        """Add to `cache_stats` the prompts not counted before (each distinct prompt once per CausalLM)."""
-        if self.loaded.active_adapter:
+        """Add to `cache_stats` the prompts not counted before (each distinct prompt once per CausalLM and
+        adapter)."""
+        identity = self.cache_identity()
+        if identity is None:
             self.cache_stats["uncached"] += len(texts)
             return
         for text in texts:
-            if hash(text) not in self._counted:
-                self._counted.add(hash(text))
+            key = hash((identity, text))
+            if key not in self._counted:
+                self._counted.add(key)
                 self.cache_stats["hits" if text in found else "misses"] += 1
 
     def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
@@ -329,9 +344,20 @@ class CausalLM:
     # -- adapters ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def adapter(self, settings: dict, seed: int, state: dict | None = None) -> Iterator[torch.nn.Module]:
+    def adapter(
+        self,
+        settings: dict,
+        seed: int,
+        state: dict | None = None,
+        recipe: str | None = None,
+        train: Callable[[torch.nn.Module], None] | None = None,
+    ) -> Iterator[torch.nn.Module]:
         """LoRA adapters on the shared model for the duration of the block (peft; `lora_*` card keys),
-        freshly initialized from `seed` or loaded from `state`; removed again on exit."""
+        freshly initialized from `seed` or loaded from `state`; removed again on exit. `recipe`, a digest of
+        everything the trained adapter depends on besides the model (settings, seed, training examples and
+        their order), keys its predictions in the prediction cache; without one they are never cached. `train`
+        (given the adapter) runs before the first prompt that is not in the cache is scored, so an adapter
+        whose every prediction is cached is never trained."""
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
         if self.loaded.active_adapter:
@@ -355,12 +381,16 @@ class CausalLM:
         if state is not None:
             set_peft_model_state_dict(peft_model, state)
         self.loaded.active_adapter = True
+        self.adapter_recipe = recipe
+        self.before_scoring = None if train is None else lambda: train(peft_model)
         try:
             yield peft_model
         finally:
             peft_model.unload()  # puts the original modules back into self.model
             self.model.eval()
             self.loaded.active_adapter = False
+            self.adapter_recipe = None
+            self.before_scoring = None
 
 
 def adapter_state(peft_model: torch.nn.Module) -> dict:

@@ -148,7 +148,7 @@ def test_a_lora_step_changes_only_the_adapter_and_the_model_comes_back_unchanged
 
 
 def test_an_unreachable_hub_model_says_what_to_do_instead():
-    with pytest.raises(RuntimeError, match=r"nobody/no-such-model.*local model folder.*model=smollm2"):
+    with pytest.raises(RuntimeError, match=r"nobody/no-such-model.*local model folder.*--model smollm2"):
         model_folder("nobody/no-such-model")
 
 

@@ -121,12 +121,40 @@ def test_a_read_only_cold_cache_is_an_error_naming_it(tiny_model, tmp_path, caps
     assert str(tmp_path / "cache" / PredictionCache.FILE) in err and "--cache-dir" in err
 
 
-def test_scores_with_an_adapter_are_counted_but_never_cached(tiny_model, tmp_path, capsys):
+def test_scores_with_an_adapter_are_cached_under_its_recipe(tiny_model, tmp_path, capsys):
     sft = [*args("sft", tiny_model, tmp_path / "a", tmp_path / "cache"), "--set", "steps=2", "--set", "batch_size=2"]
     result, run_dir = run(sft, capsys)
     by_k = {k: {r["item"] for r in rows(run_dir) if r["shots"] == k} for k in (0, 3)}
+    adapted = sum(r["shots"] == 3 for r in rows(run_dir))  # one adapter per group at K = 3: its own entries
     counts = result["predict"]["0"]["prediction_cache"]
-    # K = 0 has no adapter (sft is lm-base there): cached; at K = 3 each group's adapter scores its targets
-    assert counts == {"hits": 0, "misses": len(by_k[0]), "uncached": sum(r["shots"] == 3 for r in rows(run_dir))}
+    # K = 0 has no adapter (sft is lm-base there); at K = 3 each group's adapter scores its targets
+    assert counts == {"hits": 0, "misses": len(by_k[0]) + adapted, "uncached": 0}
     db = sqlite3.connect(tmp_path / "cache" / PredictionCache.FILE)
-    assert db.execute(f"SELECT COUNT(*) FROM {PredictionCache.TABLE}").fetchone() == (len(by_k[0]),)
+    assert db.execute(f"SELECT COUNT(*) FROM {PredictionCache.TABLE}").fetchone() == (len(by_k[0]) + adapted,)
+
+
+def test_an_sft_adapter_is_trained_once_for_every_split_and_rerun(tiny_model, tmp_path, capsys, monkeypatch):
+    """The same group, K and seed train the same adapter at every split: the second split reads its predictions
+    from the cache without training; other training (another seed) trains and scores afresh."""
+    cache, trained = tmp_path / "cache", []
+    real = lm.CausalLM.letter_log_probs
+
+    def counted(self, prompts, n):  # the training forward passes (scoring goes through next_token_logits)
+        trained.append(len(prompts))
+        return real(self, prompts, n)
+
+    monkeypatch.setattr(lm.CausalLM, "letter_log_probs", counted)
+    sft = [*args("sft", tiny_model, tmp_path / "out", cache, shots="3"), "--set", "steps=2", "--set", "lora_layers=1"]
+    first, first_dir = run([*sft, "--train-frac", "0.4"], capsys)
+    assert trained and all(isinstance(v, list) for v in first["predict"]["0"]["train_loss"]["3"].values())
+    trained.clear()
+    second, second_dir = run([*sft, "--train-frac", "0.6"], capsys)
+    assert not trained  # every adapter's predictions were in the cache
+    assert set(second["predict"]["0"]["train_loss"]["3"].values()) == {"cached"}
+    counts = second["predict"]["0"]["prediction_cache"]
+    assert counts["misses"] == counts["uncached"] == 0 and counts["hits"] > 0
+    shared = {(r["group"], r["item"], r["shots"]): r for r in rows(first_dir)}
+    for row in rows(second_dir):  # the test groups of 60% are among those of 40%: the very same predictions
+        assert row == shared[(row["group"], row["item"], row["shots"])]
+    third, _ = run([*sft, "--train-frac", "0.6", "--seeds", "1"], capsys)
+    assert trained and third["predict"]["1"]["prediction_cache"]["misses"] > 0

@@ -13,11 +13,15 @@ Adapters live only inside `CausalLM.adapter()`, so the shared model is unchanged
 Each group's training draws (adapter init, batches) come from an RNG derived from (method, group, K,
 seed). With K = 0 there is nothing to train on: `sft` is `lm-base`, `reward-model` (an untrained head
 scores every option alike) is uniform. Losses (first and last step) are recorded per K and group; a loss
-that stops being finite ends the run with an error naming the group, seed and step. Scores computed with an
-adapter are never stored in the prediction cache (`sft` at K = 0, with no adapter, is)."""
+that stops being finite ends the run with an error naming the group, seed and step. The letter predictions of
+`sft` and `in-context-finetune` adapters are stored in the prediction cache under the adapter's recipe (`recipe`:
+settings, seed, training examples), so another split or a rerun reads them, and an `sft` adapter whose every
+prediction is cached is not trained (its loss reads `cached`); `reward-model`'s head scores are not cached."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -118,6 +122,17 @@ class PerGroupFineTuned(LMMethod):
         cell[episode.group] = [round(losses[0], 5), round(losses[-1], 5)] if losses else None
 
 
+def recipe(method: LMMethod, seed: int, examples: list[tuple[list[int], np.ndarray]], batches: list) -> str:
+    """A digest of everything an adapter's training depends on besides the model: the method and its settings,
+    the adapter's init seed, the training examples (prompt tokens and targets) and the batches they are drawn
+    in. Its predictions are cached under it (`CausalLM.adapter`)."""
+    digest = hashlib.sha256(json.dumps([type(method).__name__, method.settings, seed, batches]).encode())
+    for ids, target in examples:
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        digest.update(np.asarray(target, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:32]
+
+
 @METHODS.register("sft", "LoRA fine-tuning per test group on its K context items (letter distribution loss)")
 class SFT(PerGroupFineTuned):
     def predict_episode(self, episode: Episode) -> list[np.ndarray]:
@@ -134,8 +149,8 @@ class SFT(PerGroupFineTuned):
         seed, rng = self.group_rng(episode)
         batches = batch_indices(len(examples), self.settings, rng)
         n = max(len(t) for _, t in examples)
-        with self.lm.adapter(self.settings, seed) as model:
 
+        def fit_adapter(model: torch.nn.Module) -> None:
             def loss_at(step: int) -> torch.Tensor:
                 chosen = [examples[i] for i in batches[step]]
                 return soft_cross_entropy(self.lm.letter_log_probs([p for p, _ in chosen], n), [t for _, t in chosen])
@@ -145,7 +160,15 @@ class SFT(PerGroupFineTuned):
             losses = train(params, loss_at, self.settings, self.training(episode))
             model.eval()
             self.record_losses(episode, losses)
-            return self.score(episode, build)
+
+        # the same group, K and seed train the same adapter at every split: its predictions are cached, and an
+        # adapter whose every prediction is cached is not trained again
+        with self.lm.adapter(self.settings, seed, recipe=recipe(self, seed, examples, batches), train=fit_adapter):
+            predictions = self.score(episode, build)
+        self.prediction_facts.setdefault("train_loss", {}).setdefault(str(episode.shots), {}).setdefault(
+            episode.group, "cached"
+        )
+        return predictions
 
 
 @METHODS.register("in-context-finetune", "LoRA meta-trained on the meta-train groups' few-shot prompts, then few-shot")
@@ -159,6 +182,7 @@ class InContextFinetune(FewShot):
     def __init__(self, settings: dict, setup: Setup) -> None:
         super().__init__(settings, setup)
         self.state: dict | None = None
+        self.recipe: str | None = None
 
     def training_examples(self, rng: np.random.Generator) -> tuple[list[tuple[list[int], np.ndarray]], int]:
         """Every step's few-shot prompts, drawn up front: a meta-train group, n ~ U{low..high} of its
@@ -186,7 +210,9 @@ class InContextFinetune(FewShot):
         examples, truncated = self.training_examples(rng)
         size = self.settings["batch_size"]
         n = max(len(t) for _, t in examples)
-        with self.lm.adapter(self.settings, int(rng.integers(2**31))) as model:
+        seed = int(rng.integers(2**31))
+        self.recipe = recipe(self, seed, examples, [size])  # the batches are the examples in order
+        with self.lm.adapter(self.settings, seed) as model:
 
             def loss_at(step: int) -> torch.Tensor:
                 chosen = examples[step * size : (step + 1) * size]
@@ -209,7 +235,7 @@ class InContextFinetune(FewShot):
     def predict(self, episodes: list[Episode]) -> list[list[np.ndarray]]:
         if self.state is None:
             raise RuntimeError("in-context-finetune: predict() called before fit()")
-        with self.lm.adapter(self.settings, 0, self.state):
+        with self.lm.adapter(self.settings, 0, self.state, recipe=self.recipe):
             return super().predict(episodes)
 
 
