@@ -323,6 +323,19 @@ def test_a_missing_k_or_versus_is_an_error_naming_what_exists(tmp_path, capsys):
     assert "K=20 (alignment) vs uniform" in paired and re.search(r"\| population \|.* \+0\.\d{3} \[", paired)
 
 
+def test_a_second_board_at_another_k_goes_into_its_own_folder(tmp_path):
+    opinion_runs(tmp_path)
+    k20 = tmp_path / "leaderboard.md"
+    assert main(["leaderboard", "--output-dir", str(tmp_path)]) == 0
+    before = k20.read_text()
+    out = ["--output-dir", str(tmp_path)]
+    assert main(["leaderboard", *out, "--shots", "5", "--board-dir", str(tmp_path / "k5")]) == 0
+    assert k20.read_text() == before
+    k5 = (tmp_path / "k5" / "leaderboard.md").read_text()
+    assert "K=5 (alignment)" in k5 and "K=20" not in k5
+    assert {p.name for p in (tmp_path / "k5").iterdir()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.html"}
+
+
 def test_failed_and_unfinished_run_folders_are_named_where_they_are_skipped(tmp_path, caplog):
     opinion_runs(tmp_path)
     failed = tmp_path / "runs" / "opinionqa--gpo--failed"

@@ -143,7 +143,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         print(f"gpo-bench: no finished runs under {args.output_dir / 'runs'} match", file=sys.stderr)
         return 1
     board = api.leaderboard(runs, args.shots, args.versus)
-    for path in board.write(args.output_dir):
+    for path in board.write(args.board_dir or args.output_dir):
         print(f"wrote {path}")
     return 0
 

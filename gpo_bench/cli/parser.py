@@ -119,6 +119,12 @@ def add_leaderboard(sub: CommonFlags) -> argparse.ArgumentParser:
         "leaderboard", help="write OUTPUT/leaderboard.{md,csv,html} from the run folders OUTPUT/runs/*/result.json"
     )
     add_reader_arguments(board)
+    board.add_argument(
+        "--board-dir",
+        type=Path,
+        default=None,
+        help="where leaderboard.{md,csv,html} are written (default OUTPUT), e.g. a second board at another --shots",
+    )
     board.add_argument("--task", type=str_list, default=None, help="only these tasks (comma-separated)")
     board.add_argument(
         "--shots",
