@@ -3,7 +3,8 @@ prediction cache of `gpo_bench.lm`): one database file per cache in the cache fo
 (meta, text) where meta says what computed them and text is their input, every row checksummed; a row that does not
 match its key is a miss (recomputed, never trusted), a database SQLite cannot read is quarantined and rebuilt, a
 lock held by another process is waited for, and a folder that cannot be written is an error naming the setting.
-Also the prediction cache's keys: what identifies a language model (`model_identity`) and a prompt (`prompt_text`)."""
+Also the prediction cache's keys: what identifies a language model (`model_identity`), a prompt (`prompt_text`)
+and a reward model's set of option prompts (`option_set_text`)."""
 
 from __future__ import annotations
 
@@ -170,6 +171,12 @@ class PredictionCache(VectorCache):
 def prompt_text(ids: list[int], n_options: int) -> str:
     """A prompt's key text in the prediction cache: its option count, then its exact token ids."""
     return f"{n_options}:" + " ".join(map(str, ids))
+
+
+def option_set_text(prompts: list[list[int]]) -> str:
+    """A reward model's key text for one item in the prediction cache: the exact token ids of each option's
+    prompt, in order."""
+    return "options " + " | ".join(" ".join(map(str, ids)) for ids in prompts)
 
 
 def model_identity(folder: Path, dtype: str, device: str, load_8bit: bool) -> str:

@@ -11,22 +11,19 @@ Prompts that share a beginning (a few-shot context) run it once and reuse its ke
 prompts are batched by length under a token budget, left-padded, with explicit positions. Each prompt's
 letter log-probabilities are stored in the prediction cache (`lm-predictions.sqlite` in the cache folder,
 keyed by the model's identity and the prompt's token ids and option count), so that a prompt is paid
-for once across runs, seeds and processes; scores computed with an adapter active are never cached.
+for once across runs, seeds and processes; under a LoRA adapter (`gpo_bench.lm_adapters`) the key adds the
+adapter's recipe, and without a recipe nothing is cached.
 
-Fitting: `fit_prompt` keeps the question and drops context items until the prompt fits the model.
-Fine-tuning: `adapter()` adds LoRA adapters (peft) for the duration of a `with` block and removes
-them afterwards, so the shared model is never left modified."""
+Fitting: `fit_prompt` keeps the question and drops context items until the prompt fits the model."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import logging
 import string
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +119,12 @@ def letter_log_probs(logits: torch.Tensor, variants: list[list[int]]) -> torch.T
     the logsumexp of its variants' logits, then a log-softmax over all the letters (none dropped)."""
     scores = [torch.logsumexp(logits[..., ids].float(), dim=-1) for ids in variants]
     return torch.log_softmax(torch.stack(scores, dim=-1), dim=-1)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Probabilities from scores, in float64, summing to 1."""
+    p = torch.softmax(torch.from_numpy(scores.astype(np.float64)), dim=-1).numpy()
+    return p / p.sum()
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
@@ -247,11 +250,22 @@ class CausalLM:
 
     def option_probs(self, prompts: list[list[int]], sizes: list[int]) -> list[np.ndarray]:
         """The probability of each of the first `sizes[i]` answer letters after `prompts[i]`: read from the
-        prediction cache, else scored (and stored there unless an adapter is active)."""
-        if not prompts:
-            return []
+        prediction cache, else scored (and stored there)."""
+
+        def score(positions: list[int]) -> list[np.ndarray]:
+            with torch.inference_mode():
+                logits = self.next_token_logits([prompts[i] for i in positions])
+            letters = letter_log_probs(logits, self.variants(max(sizes[i] for i in positions))).cpu().numpy()
+            return [row[: sizes[i]] for i, row in zip(positions, letters, strict=True)]
+
         texts = [prompt_text(ids, size) for ids, size in zip(prompts, sizes, strict=True)]
-        first: dict[str, int] = {}  # each distinct prompt's first position, in the order they come
+        return [softmax(scores) for scores in self.cached(texts, score)]
+
+    def cached(self, texts: list[str], score: Callable[[list[int]], list[np.ndarray]]) -> list[np.ndarray]:
+        """Each text's scores from the prediction cache under the model as it is now (`cache_identity`), else
+        from `score(positions)`, called once with the first position of every distinct text not found, and
+        stored there. The active adapter's training (`before_scoring`) runs first if anything is missing."""
+        first: dict[str, int] = {}  # each distinct text's first position, in the order they come
         for i, text in enumerate(texts):
             first.setdefault(text, i)
         identity = self.cache_identity()
@@ -262,18 +276,11 @@ class CausalLM:
             if self.before_scoring is not None:  # the adapter trains only when something is left to score
                 self.before_scoring()
                 self.before_scoring = None
-            with torch.inference_mode():
-                logits = self.next_token_logits([prompts[first[text]] for text in missing])
-            letters = letter_log_probs(logits, self.variants(max(sizes))).cpu().numpy()
-            computed = {text: row[: sizes[first[text]]] for text, row in zip(missing, letters, strict=True)}
+            computed = dict(zip(missing, score([first[text] for text in missing]), strict=True))
             if identity is not None:
                 self.cache.put(identity, computed)
             found.update(computed)
-        out = []
-        for text in texts:
-            p = torch.softmax(torch.from_numpy(found[text].astype(np.float64)), dim=-1).numpy()  # this item's letters
-            out.append(p / p.sum())
-        return out
+        return [found[text] for text in texts]
 
     def cache_identity(self) -> str | None:
         """The prediction cache's key for the model as it is now: its identity, plus the recipe of the active
@@ -296,8 +303,18 @@ class CausalLM:
                 self.cache_stats["hits" if text in found else "misses"] += 1
 
     def next_token_logits(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Next-token logits [len(prompts), vocab] after each prompt: a common beginning of the prompts
-        runs once and its key/value cache is reused, the rest goes in length-sorted batches."""
+        """Next-token logits [len(prompts), vocab] after each prompt (`last_positions`)."""
+        return self.last_positions(prompts, lambda inputs: self.model(**inputs, logits_to_keep=1).logits[:, -1])
+
+    def final_states(self, prompts: list[list[int]]) -> torch.Tensor:
+        """[len(prompts), hidden]: the decoder's final (normalized) hidden state at each prompt's last token
+        (`last_positions`)."""
+        decoder = self.model.get_decoder()
+        return self.last_positions(prompts, lambda inputs: decoder(**inputs).last_hidden_state[:, -1])
+
+    def last_positions(self, prompts: list[list[int]], forward: Callable[[dict], torch.Tensor]) -> torch.Tensor:
+        """`forward`'s rows for each prompt, stacked in order: a common beginning of the prompts runs once and
+        its key/value cache is reused, the rest goes in length-sorted batches."""
         shared = common_prefix_length(prompts)
         if len(prompts) < 2 or shared < MIN_SHARED_PREFIX:
             shared = 0
@@ -309,7 +326,7 @@ class CausalLM:
         rows: list[torch.Tensor | None] = [None] * len(prompts)
         for batch in length_batches([len(r) + shared for r in rests], self.batch_tokens):
             inputs = self.batch_inputs([rests[i] for i in batch], prefix_cache, shared)
-            for i, row in zip(batch, self.model(**inputs, logits_to_keep=1).logits[:, -1], strict=True):
+            for i, row in zip(batch, forward(inputs), strict=True):
                 rows[i] = row
         return torch.stack(rows)
 
@@ -338,63 +355,5 @@ class CausalLM:
 
     def last_hidden(self, prompts: list[list[int]]) -> torch.Tensor:
         """[len(prompts), hidden] the decoder's final (normalized) hidden state at each prompt's last
-        token, one batch, with gradients (for a reward head)."""
+        token, one batch, with gradients (for training a reward head)."""
         return self.model.get_decoder()(**self.batch_inputs(prompts)).last_hidden_state[:, -1]
-
-    # -- adapters ------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def adapter(
-        self,
-        settings: dict,
-        seed: int,
-        state: dict | None = None,
-        recipe: str | None = None,
-        train: Callable[[torch.nn.Module], None] | None = None,
-    ) -> Iterator[torch.nn.Module]:
-        """LoRA adapters on the shared model for the duration of the block (peft; `lora_*` card keys),
-        freshly initialized from `seed` or loaded from `state`; removed again on exit. `recipe`, a digest of
-        everything the trained adapter depends on besides the model (settings, seed, training examples and
-        their order), keys its predictions in the prediction cache; without one they are never cached. `train`
-        (given the adapter) runs before the first prompt that is not in the cache is scored, so an adapter
-        whose every prediction is cached is never trained."""
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-        if self.loaded.active_adapter:
-            raise RuntimeError("an adapter is already active on this model")
-        layers = None
-        if settings["lora_layers"] is not None:
-            total = self.model.config.num_hidden_layers
-            layers = list(range(max(0, total - settings["lora_layers"]), total))
-        config = LoraConfig(
-            r=settings["lora_r"],
-            lora_alpha=settings["lora_alpha"],
-            lora_dropout=settings["lora_dropout"],
-            target_modules=list(settings["lora_targets"]),
-            layers_to_transform=layers,
-            task_type="CAUSAL_LM",
-        )
-        torch.manual_seed(seed)
-        with warnings.catch_warnings():  # peft asks transformers the name it deprecated; nothing for a user to do
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-            peft_model = get_peft_model(self.model, config)
-        if state is not None:
-            set_peft_model_state_dict(peft_model, state)
-        self.loaded.active_adapter = True
-        self.adapter_recipe = recipe
-        self.before_scoring = None if train is None else lambda: train(peft_model)
-        try:
-            yield peft_model
-        finally:
-            peft_model.unload()  # puts the original modules back into self.model
-            self.model.eval()
-            self.loaded.active_adapter = False
-            self.adapter_recipe = None
-            self.before_scoring = None
-
-
-def adapter_state(peft_model: torch.nn.Module) -> dict:
-    """A detached copy of the adapter weights, to load again with `CausalLM.adapter(state=...)`."""
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}

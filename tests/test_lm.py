@@ -9,12 +9,14 @@ import torch
 from gpo_bench import models
 from gpo_bench.errors import PromptTooLongError
 from gpo_bench.lm import (
+    MIN_SHARED_PREFIX,
     CausalLM,
     common_prefix_length,
     length_batches,
     letter_log_probs,
     letter_variants,
 )
+from gpo_bench.lm_adapters import adapter
 from gpo_bench.methods.lm_finetune import soft_cross_entropy, train
 from gpo_bench.models import model_folder
 from gpo_bench.tiny_model import build_tiny_model
@@ -92,6 +94,16 @@ def test_batched_scoring_with_a_shared_prefix_equals_one_prompt_at_a_time(lm):
         np.testing.assert_allclose(p, reference_probs(lm, prompt, size), atol=1e-5)
 
 
+def test_final_states_of_prompts_sharing_a_question_equal_each_prompt_alone(lm):
+    question = "Question: Which should come first, and why does it matter so much to you?\nAnswer:"
+    prompts = [lm.encode(question, response=f"{letter}. option{' more' * i}") for i, letter in enumerate("ABCD")]
+    assert common_prefix_length(prompts) >= MIN_SHARED_PREFIX  # the shared-prefix path is taken
+    with torch.inference_mode():
+        shared = lm.final_states(prompts)
+        alone = torch.cat([lm.last_hidden([p]) for p in prompts])
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-4)
+
+
 def test_length_batches_respect_the_token_budget():
     lengths = [5, 50, 7, 49, 6, 200]
     batches = length_batches(lengths, 100)
@@ -122,7 +134,7 @@ def test_a_lora_step_changes_only_the_adapter_and_the_model_comes_back_unchanged
     prompts = [lm.encode("Question: Which should come first?\nA. taxes\nB. farming\nAnswer:")]
     before = lm.option_probs(prompts, [2])[0]
     base = {name: p.detach().clone() for name, p in lm.model.named_parameters()}
-    with lm.adapter(LORA, seed=0) as model:
+    with adapter(lm, LORA, seed=0) as model:
         start = {name: p.detach().clone() for name, p in model.named_parameters()}
         lora = {name for name in start if "lora_" in name}
         assert lora and all(p.requires_grad == (name in lora) for name, p in model.named_parameters())

@@ -133,18 +133,21 @@ def test_scores_with_an_adapter_are_cached_under_its_recipe(tiny_model, tmp_path
     assert db.execute(f"SELECT COUNT(*) FROM {PredictionCache.TABLE}").fetchone() == (len(by_k[0]) + adapted,)
 
 
-def test_an_sft_adapter_is_trained_once_for_every_split_and_rerun(tiny_model, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("method", "training_forward"), [("sft", "letter_log_probs"), ("reward-model", "last_hidden")])
+def test_an_adapter_is_trained_once_for_every_split_and_rerun(
+    method, training_forward, tiny_model, tmp_path, capsys, monkeypatch
+):
     """The same group, K and seed train the same adapter at every split: the second split reads its predictions
     from the cache without training; other training (another seed) trains and scores afresh."""
     cache, trained = tmp_path / "cache", []
-    real = lm.CausalLM.letter_log_probs
+    real = getattr(lm.CausalLM, training_forward)
 
-    def counted(self, prompts, n):  # the training forward passes (scoring goes through next_token_logits)
+    def counted(self, prompts, *rest):  # the training forward passes (scoring goes through last_positions)
         trained.append(len(prompts))
-        return real(self, prompts, n)
+        return real(self, prompts, *rest)
 
-    monkeypatch.setattr(lm.CausalLM, "letter_log_probs", counted)
-    sft = [*args("sft", tiny_model, tmp_path / "out", cache, shots="3"), "--set", "steps=2", "--set", "lora_layers=1"]
+    monkeypatch.setattr(lm.CausalLM, training_forward, counted)
+    sft = [*args(method, tiny_model, tmp_path / "out", cache, shots="3"), "--set", "steps=2", "--set", "lora_layers=1"]
     first, first_dir = run([*sft, "--train-frac", "0.4"], capsys)
     assert trained and all(isinstance(v, list) for v in first["predict"]["0"]["train_loss"]["3"].values())
     trained.clear()

@@ -9,14 +9,15 @@
   of `question + "Answer: B. option"`, the softmax of an item's option scores is fitted to the
   group's distribution on its K context items and predicts its other items.
 
-Adapters live only inside `CausalLM.adapter()`, so the shared model is unchanged between groups.
+Adapters live only inside `lm_adapters.adapter()`, so the shared model is unchanged between groups.
 Each group's training draws (adapter init, batches) come from an RNG derived from (method, group, K,
 seed). With K = 0 there is nothing to train on: `sft` is `lm-base`, `reward-model` (an untrained head
 scores every option alike) is uniform. Losses (first and last step) are recorded per K and group; a loss
-that stops being finite ends the run with an error naming the group, seed and step. The letter predictions of
-`sft` and `in-context-finetune` adapters are stored in the prediction cache under the adapter's recipe (`recipe`:
-settings, seed, training examples), so another split or a rerun reads them, and an `sft` adapter whose every
-prediction is cached is not trained (its loss reads `cached`); `reward-model`'s head scores are not cached."""
+that stops being finite ends the run with an error naming the group, seed and step. The predictions of every
+adapter (`sft`'s and `in-context-finetune`'s letters, `reward-model`'s head scores) are stored in the prediction
+cache under the adapter's recipe (`recipe`: settings, seed, training examples), so another split or a rerun reads
+them, and a per-group adapter whose every prediction is cached is not trained (its loss reads `cached`). A
+reward model scores an item's options together, running their shared question once."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..cache import option_set_text
 from ..cards import Limit
 from ..errors import LanguageModelError
-from ..lm import LETTERS, adapter_state, length_batches
+from ..lm import LETTERS, softmax
+from ..lm_adapters import adapter, adapter_state
 from ..protocol import Episode, derived_rng
 from ..registry import METHODS
 from .base import Setup
@@ -117,18 +120,26 @@ class PerGroupFineTuned(LMMethod):
             f"(K={episode.shots}, seed {self.setup.seed})"
         )
 
-    def record_losses(self, episode: Episode, losses: list[float]) -> None:
+    def record_losses(self, episode: Episode, losses: list[float] | None) -> None:
+        """The first and last loss of this group's training, or `cached` where it did not train."""
         cell = self.prediction_facts.setdefault("train_loss", {}).setdefault(str(episode.shots), {})
-        cell[episode.group] = [round(losses[0], 5), round(losses[-1], 5)] if losses else None
+        if losses is None:
+            cell.setdefault(episode.group, "cached")
+        else:
+            cell[episode.group] = [round(losses[0], 5), round(losses[-1], 5)] if losses else None
 
 
-def recipe(method: LMMethod, seed: int, examples: list[tuple[list[int], np.ndarray]], batches: list) -> str:
+def recipe(method: LMMethod, seed: int, examples: list[tuple[list, np.ndarray]], batches: list) -> str:
     """A digest of everything an adapter's training depends on besides the model: the method and its settings,
     the adapter's init seed, the training examples (prompt tokens and targets) and the batches they are drawn
     in. Its predictions are cached under it (`CausalLM.adapter`)."""
     digest = hashlib.sha256(json.dumps([type(method).__name__, method.settings, seed, batches]).encode())
-    for ids, target in examples:
-        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+    for ids, target in examples:  # ids: one prompt's tokens, or a list of prompts (a reward model's options)
+        prompts = ids if ids and isinstance(ids[0], list) else [ids]
+        if prompts is ids:
+            digest.update(np.asarray([len(p) for p in prompts], dtype=np.int64).tobytes())
+        for prompt in prompts:
+            digest.update(np.asarray(prompt, dtype=np.int64).tobytes())
         digest.update(np.asarray(target, dtype=np.float64).tobytes())
     return digest.hexdigest()[:32]
 
@@ -163,11 +174,9 @@ class SFT(PerGroupFineTuned):
 
         # the same group, K and seed train the same adapter at every split: its predictions are cached, and an
         # adapter whose every prediction is cached is not trained again
-        with self.lm.adapter(self.settings, seed, recipe=recipe(self, seed, examples, batches), train=fit_adapter):
+        with adapter(self.lm, self.settings, seed, recipe=recipe(self, seed, examples, batches), train=fit_adapter):
             predictions = self.score(episode, build)
-        self.prediction_facts.setdefault("train_loss", {}).setdefault(str(episode.shots), {}).setdefault(
-            episode.group, "cached"
-        )
+        self.record_losses(episode, None)
         return predictions
 
 
@@ -212,7 +221,7 @@ class InContextFinetune(FewShot):
         n = max(len(t) for _, t in examples)
         seed = int(rng.integers(2**31))
         self.recipe = recipe(self, seed, examples, [size])  # the batches are the examples in order
-        with self.lm.adapter(self.settings, seed) as model:
+        with adapter(self.lm, self.settings, seed) as model:
 
             def loss_at(step: int) -> torch.Tensor:
                 chosen = examples[step * size : (step + 1) * size]
@@ -235,7 +244,7 @@ class InContextFinetune(FewShot):
     def predict(self, episodes: list[Episode]) -> list[list[np.ndarray]]:
         if self.state is None:
             raise RuntimeError("in-context-finetune: predict() called before fit()")
-        with self.lm.adapter(self.settings, 0, self.state, recipe=self.recipe):
+        with adapter(self.lm, self.settings, 0, self.state, recipe=self.recipe):
             return super().predict(episodes)
 
 
@@ -269,14 +278,10 @@ class RewardModel(PerGroupFineTuned):
         torch.nn.init.zeros_(head.weight)  # every option scores alike until trained
         torch.nn.init.zeros_(head.bias)
 
-        def scores(prompts: list[list[int]]) -> torch.Tensor:
-            return head(self.lm.last_hidden(prompts).float()).squeeze(-1)
-
-        with self.lm.adapter(self.settings, seed) as model:
-
+        def fit(model: torch.nn.Module) -> None:
             def loss_at(step: int) -> torch.Tensor:
                 chosen = [examples[i] for i in batches[step]]
-                values = scores([p for options, _ in chosen for p in options])
+                values = head(self.lm.last_hidden([p for options, _ in chosen for p in options]).float()).squeeze(-1)
                 per_item = values.split([len(options) for options, _ in chosen])
                 return soft_cross_entropy(per_item, [t for _, t in chosen])
 
@@ -288,14 +293,17 @@ class RewardModel(PerGroupFineTuned):
             losses = train(params, loss_at, self.settings, self.training(episode))
             model.eval()
             self.record_losses(episode, losses)
-            flat = [
-                (n, p)
-                for n, item in enumerate(episode.targets)
-                for p in self.option_prompts(item, self.where(episode, item))
-            ]
-            values = torch.empty(len(flat), dtype=torch.float64)
+
+        targets = [self.option_prompts(item, self.where(episode, item)) for item in episode.targets]
+
+        def score(positions: list[int]) -> list[np.ndarray]:
             with torch.inference_mode():
-                for batch in length_batches([len(p) for _, p in flat], self.lm.batch_tokens):
-                    values[batch] = scores([flat[i][1] for i in batch]).double().cpu()
-        sizes = [self.n_candidates(i) for i in episode.targets]
-        return [torch.softmax(v, dim=-1).numpy() for v in values.split(sizes)]
+                return [
+                    head(self.lm.final_states(targets[i]).float()).squeeze(-1).double().cpu().numpy() for i in positions
+                ]
+
+        # the same group, K and seed train the same adapter and head at every split: their scores are cached
+        with adapter(self.lm, self.settings, seed, recipe=recipe(self, seed, examples, batches), train=fit):
+            values = self.lm.cached([option_set_text(options) for options in targets], score)
+        self.record_losses(episode, None)
+        return [softmax(v) for v in values]
