@@ -12,6 +12,13 @@ themselves are asked to predict a few test groups' episodes, and the prompts the
 - plain: what a user would write, one prompt at a time, no prefix reuse: `model(input_ids).logits[:, -1]`,
   then a softmax over the answer letters (each letter's spellings merged by logsumexp, as the methods read them).
 
+`reward-model` reads a hidden state, not letters: its prompts are each target item's option prompts (the
+question, then `B. option` as the answer; `RewardModel.option_prompts`), one batch per item as the method scores
+them. gpo-bench: `CausalLM.final_states` on an item's options (their shared question runs once); plain: the
+decoder on one option prompt at a time, `last_hidden_state[:, -1]`. Both sides' states go through the same
+seeded random scalar head and a softmax over the item's options, the probabilities compared as above. The base
+model stands in for a group's adapter (the adapter adds the same LoRA products to both sides).
+
 The two sides alternate episode by episode, each going first in turn, so that both see the same machine load.
 The report gives each side's tokens/s (prompt tokens: what the prompts hold, not what was run), the median of
 the per-round ratios, and the largest difference between the two sides' option probabilities (they must agree
@@ -45,8 +52,10 @@ from gpo_bench.methods.base import Setup
 from gpo_bench.protocol import draw_episode, make_split
 from gpo_bench.registry import METHODS
 
-Batch = tuple[list[list[int]], list[int]]  # one episode's prompts and their option counts
-SHOTS = {"lm-steered": 0, "few-shot": None}  # K per method; None: --shots
+Batch = tuple[list[list[int]], list[int]]  # one episode's (or item's) prompts and their option counts
+SHOTS = {"lm-steered": 0, "few-shot": None, "reward-model": 0}  # K per method; None: --shots
+READS_STATES = {"reward-model"}  # methods that read the final hidden state, not the answer letters
+LABELS = {"reward-model": "option prompts"}
 
 
 def recorded_prompts(
@@ -69,24 +78,46 @@ def recorded_prompts(
     method.lm.option_probs = record
     for group in split.test[:groups]:
         episode = draw_episode(task, group, shots, seed)
-        method.predict_episode(dataclasses.replace(episode, targets=episode.targets[:items]))
+        if method_name in READS_STATES:  # one batch per item: its option prompts, as `RewardModel` scores them
+            for item in episode.targets[:items]:
+                options = method.option_prompts(item, f"item {item!r}")
+                batches.append((options, [len(options)] * len(options)))
+        else:
+            method.predict_episode(dataclasses.replace(episode, targets=episode.targets[:items]))
     del method.lm.option_probs
     return method.lm, batches
 
 
-def ours(lm: CausalLM, batches: list[Batch]) -> list[np.ndarray]:
+def option_softmax(states: torch.Tensor, head: torch.Tensor) -> np.ndarray:
+    """An item's option probabilities from its options' final states [options, hidden] through a scalar head."""
+    return torch.softmax((states.double() @ head.double()), 0).numpy()
+
+
+def ours(lm: CausalLM, batches: list[Batch], head: torch.Tensor | None) -> list[np.ndarray]:
+    """gpo-bench's side; `head` (reward-model) reads the final states, else the letters are read."""
     out = []
     with torch.inference_mode():
         for prompts, sizes in batches:
+            if head is not None:
+                out.append(option_softmax(lm.final_states(prompts), head))
+                continue
             letters = letter_log_probs(lm.next_token_logits(prompts), lm.variants(max(sizes)))
             out += [torch.softmax(row[:n].double(), -1).numpy() for row, n in zip(letters, sizes, strict=True)]
     return out
 
 
-def plain(model: torch.nn.Module, variants: list[list[int]], batches: list[Batch]) -> list[np.ndarray]:
+def plain(
+    model: torch.nn.Module, variants: list[list[int]], batches: list[Batch], head: torch.Tensor | None
+) -> list[np.ndarray]:
+    """The plain loop's side: one prompt at a time, no prefix reuse."""
     out = []
     with torch.inference_mode():
         for prompts, sizes in batches:
+            if head is not None:
+                decoder = model.get_decoder()
+                states = torch.cat([decoder(torch.tensor([ids])).last_hidden_state[:, -1] for ids in prompts])
+                out.append(option_softmax(states, head))
+                continue
             for ids, n in zip(prompts, sizes, strict=True):
                 logits = model(torch.tensor([ids])).logits[:, -1]
                 scores = torch.stack([torch.logsumexp(logits[0, v], 0) for v in variants[:n]])
@@ -134,7 +165,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--model", default="smollm2", help="smollm2 (offline), a local folder or a Hub id")
-    parser.add_argument("--methods", default="lm-steered,few-shot", help="whose prompts: lm-steered, few-shot or both")
+    parser.add_argument(
+        "--methods",
+        default="lm-steered,few-shot",
+        help="whose prompts, comma-separated: lm-steered, few-shot, reward-model",
+    )
     parser.add_argument("--groups", type=int, default=3, help="test groups (one episode each) per method")
     parser.add_argument("--items", type=int, default=12, help="target items per episode")
     parser.add_argument("--shots", type=int, default=5, help="few-shot's K")
@@ -161,9 +196,13 @@ def compare(method_name: str, shots: int, args: argparse.Namespace) -> None:
     run, padded = tokens_run(batches, lm.batch_tokens)
     variants = letter_variants(lm.tokenizer, max(n for _, sizes in batches for n in sizes))
     decoder, head = matmul_parameters(lm.model)
+    reward_head = None
+    if method_name in READS_STATES:  # the final state, no output head
+        head = 0
+        reward_head = torch.randn(lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     flops = 2 * decoder * n_tokens + 2 * head * len(lengths)
-    ours(lm, batches[:1])  # warm up both paths outside the timings
-    plain(lm.model, variants, batches[:1])
+    ours(lm, batches[:1], reward_head)  # warm up both paths outside the timings
+    plain(lm.model, variants, batches[:1], reward_head)
     times: dict[str, list[float]] = {"gpo-bench": [], "plain": []}
     floors: list[float] = []
     mine: list[np.ndarray] = []
@@ -177,16 +216,17 @@ def compare(method_name: str, shots: int, args: argparse.Namespace) -> None:
             for side in sides:
                 tick = time.perf_counter()
                 if side == "gpo-bench":
-                    mine += ours(lm, [batch])
+                    mine += ours(lm, [batch], reward_head)
                 else:
-                    reference += plain(lm.model, variants, [batch])
+                    reference += plain(lm.model, variants, [batch], reward_head)
                 seconds[side] += time.perf_counter() - tick
         for side, total in seconds.items():
             times[side].append(total)
     difference = max(float(np.abs(a - b).max()) for a, b in zip(mine, reference, strict=True))
-    label = f"{method_name} (K = {shots})" if shots else f"{method_name} (portray)"
+    label = f"{method_name} (K = {shots})" if shots else f"{method_name} ({LABELS.get(method_name, 'portray')})"
     print(
-        f"\n{label}: {len(batches)} episodes, {len(lengths)} prompts, {n_tokens} prompt tokens "
+        f"\n{label}: {len(batches)} {'episodes' if reward_head is None else 'items'}, "
+        f"{len(lengths)} prompts, {n_tokens} prompt tokens "
         f"(mean {n_tokens / len(lengths):.0f}, {min(lengths)}-{max(lengths)}); gpo-bench runs {run} of them "
         f"({padded} with padding); model {args.model}, {args.threads} threads"
     )

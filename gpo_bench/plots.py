@@ -23,8 +23,8 @@ from .references import Column, load_references
 from .render import REPORTED
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<")
-LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 against 8 colours: no two of 56 rows share both
+LINESTYLES = {False: "-", True: "--"}  # solid: the methods on embeddings; dashed: the language-model rows
 REFERENCE_MARKERS = ("*", "p", "h", "8")
 FLOOR_LABEL = "majority floor (the seen groups' most common answer)"
 METRIC_LABELS = {
@@ -34,16 +34,27 @@ METRIC_LABELS = {
 }
 
 
+def is_language_model_row(row: str) -> bool:
+    """A row of a language-model method: its label names the model (`records.variant`)."""
+    return "model=" in row
+
+
 def _style(rows: list[str]) -> dict[str, dict]:
-    """A fixed look per row: Okabe–Ito colour and marker, then a new line style after every 8 rows."""
-    return {
-        row: {
-            "color": OKABE_ITO[i % len(OKABE_ITO)],
-            "marker": MARKERS[i % len(MARKERS)],
-            "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
-        }
-        for i, row in enumerate(rows)
-    }
+    """A fixed, distinct look per row. Language-model rows are dashed with hollow markers, the others solid with
+    filled ones; within each family the Okabe–Ito colours and the markers cycle at different lengths, so no two
+    rows of a board look alike."""
+    style = {}
+    for lm in (False, True):
+        family = [row for row in rows if is_language_model_row(row) == lm]
+        for i, row in enumerate(family):
+            colour = OKABE_ITO[i % len(OKABE_ITO)]
+            style[row] = {
+                "color": colour,
+                "marker": MARKERS[i % len(MARKERS)],
+                "linestyle": LINESTYLES[lm],
+                "markerfacecolor": "white" if lm else colour,
+            }
+    return style
 
 
 def check_runs(runs: list[RunRecord], where: Path, tasks: list[str] | None) -> None:
@@ -131,7 +142,7 @@ def shots_figure(
                 [k for k, _ in ceiling],
                 [c for _, c in ceiling],
                 color="black",
-                linestyle="--",
+                linestyle="-.",  # dashed lines are the language-model rows
                 linewidth=1.2,
                 label="sampling ceiling (true distribution vs a survey of its size)",
             )
@@ -173,8 +184,10 @@ def shots_figure(
     _legend_outside(fig, axes)
     caption = (
         "Lines: mean over test groups and runs (seeds); bands: 95% bootstrap CI resampling groups and seeds; "
-        "dashed: the sampling-noise ceiling, where the source gives respondent counts."
+        "black dash-dot: the sampling-noise ceiling, where the source gives respondent counts."
     )
+    if any(is_language_model_row(row) for row in style):
+        caption += " Coloured dashed lines with hollow markers: language-model rows."
     if any(line.get_label() == FLOOR_LABEL for ax in axes for line in ax.get_lines()):
         caption += " Grey dots: the majority floor (accuracy: always the seen groups' most common answer)."
     caption += "".join(f"\n[{source}] {citation}" for source, citation in cited.items())
@@ -216,7 +229,16 @@ def groups_figure(
         ]
         look = style[row]
         ax.errorbar(
-            means, ys, xerr=errors, fmt=look["marker"], color=look["color"], markersize=4, capsize=2, lw=1, label=row
+            means,
+            ys,
+            xerr=errors,
+            fmt=look["marker"],
+            color=look["color"],
+            mfc=look["markerfacecolor"],
+            markersize=4,
+            capsize=2,
+            lw=1,
+            label=row,
         )
     for i in range(0, len(groups), 2):
         ax.axhspan(i - 0.5, i + 0.5, color="#f2f2f2", zorder=0)
@@ -232,7 +254,7 @@ def groups_figure(
         0.0,
         -0.01,
         "Points: mean over runs (seeds) of the group's mean over its target items; bars: 95% percentile bootstrap "
-        "CI resampling runs (seeds).",
+        "CI resampling runs (seeds)." + " Hollow markers: language-model rows." * any(map(is_language_model_row, rows)),
         ha="left",
         va="top",
         fontsize=7.5,

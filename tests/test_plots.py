@@ -70,3 +70,19 @@ def test_cli_writes_png_and_svg_and_names_a_missing_task(tmp_path, capsys):
     assert (tmp_path / "plots" / "shots-opinionqa+globalopinionqa.svg").read_bytes() == first  # same runs, same file
     assert main(["plot", "shots", "--task", "opinionqa,prism", "--output-dir", str(tmp_path)]) == 2
     assert "no finished runs of task(s) prism" in capsys.readouterr().err
+
+
+def test_every_row_of_a_full_board_has_its_own_look_and_language_model_rows_are_dashed():
+    core = ["gpo", "meta-mix", "meta-mix [meta_train=False]", "meta-mix [text_residual=False]", "uniform"]
+    core += ["population", "group-knn", "group-mix", "head", "knn"]
+    lm = [f"{m} [model=smollm2]" for m in ("lm-base", "lm-steered", "lm-steered-bio", "lm-steered-qa", "few-shot")]
+    lm += [f"{m} [model=smollm2]" for m in ("sft", "in-context-finetune", "reward-model", "lm-steered-qa-x")]
+    style = plots._style(sorted(core + lm))
+    looks = {(s["color"], s["marker"], s["linestyle"]) for s in style.values()}
+    assert len(looks) == len(core) + len(lm)
+    assert {style[row]["linestyle"] for row in lm} == {"--"} and {style[row]["linestyle"] for row in core} == {"-"}
+    assert {style[row]["markerfacecolor"] for row in lm} == {"white"}
+    assert all(style[row]["markerfacecolor"] == style[row]["color"] for row in core)
+    # within a family, the two rows that share a colour differ in marker
+    same_colour = [row for row in core if style[row]["color"] == style[core[0]]["color"]]
+    assert len(same_colour) == 2 and len({style[row]["marker"] for row in same_colour}) == 2
