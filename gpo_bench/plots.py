@@ -2,8 +2,8 @@
 published points as stars) and `gpo-bench plot groups` (per-group values of each method on one task, with
 CI bars). They draw run records (`records.load_runs`) with the board's own cells (`board.column_cells`, one per K, and
 `aggregate.group_stats`), so a point is the leaderboard's cell, and write PNG and SVG under `<output>/plots/`
-with the Agg backend, the Okabe–Ito colour-blind-safe palette and the legend outside the data. Rows without
-a run at a K are left out there, and the returned notes say so."""
+with the Agg backend, colour-blind-safe palettes (Okabe–Ito; Paul Tol's muted for language-model rows) and the
+legend outside the data. Rows without a run at a K are left out there, and the returned notes say so."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from .references import Column, load_references
 from .render import REPORTED
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 against 8 colours: no two of 56 rows share both
+TOL_MUTED = ("#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933", "#AA4499")
+PALETTES = {False: OKABE_ITO, True: TOL_MUTED}  # the language-model rows' colours are never the others'
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 against 8 or 9 colours: no two of 56 rows share both
 LINESTYLES = {False: "-", True: "--"}  # solid: the methods on embeddings; dashed: the language-model rows
 REFERENCE_MARKERS = ("*", "p", "h", "8")
 FLOOR_LABEL = "majority floor (the seen groups' most common answer)"
@@ -40,14 +42,14 @@ def is_language_model_row(row: str) -> bool:
 
 
 def _style(rows: list[str]) -> dict[str, dict]:
-    """A fixed, distinct look per row. Language-model rows are dashed with hollow markers, the others solid with
-    filled ones; within each family the Okabe–Ito colours and the markers cycle at different lengths, so no two
-    rows of a board look alike."""
+    """A fixed, distinct look per row. Language-model rows are dashed with hollow markers in Paul Tol's muted
+    colours, the others solid with filled markers in Okabe–Ito's (both colour-blind safe); within each family the
+    colours and the markers cycle at different lengths, so no two rows of a board look alike."""
     style = {}
-    for lm in (False, True):
+    for lm, palette in PALETTES.items():
         family = [row for row in rows if is_language_model_row(row) == lm]
         for i, row in enumerate(family):
-            colour = OKABE_ITO[i % len(OKABE_ITO)]
+            colour = palette[i % len(palette)]
             style[row] = {
                 "color": colour,
                 "marker": MARKERS[i % len(MARKERS)],

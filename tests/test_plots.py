@@ -83,6 +83,7 @@ def test_every_row_of_a_full_board_has_its_own_look_and_language_model_rows_are_
     assert {style[row]["linestyle"] for row in lm} == {"--"} and {style[row]["linestyle"] for row in core} == {"-"}
     assert {style[row]["markerfacecolor"] for row in lm} == {"white"}
     assert all(style[row]["markerfacecolor"] == style[row]["color"] for row in core)
+    assert not {style[row]["color"] for row in lm} & {style[row]["color"] for row in core}
     # within a family, the two rows that share a colour differ in marker
     same_colour = [row for row in core if style[row]["color"] == style[core[0]]["color"]]
     assert len(same_colour) == 2 and len({style[row]["marker"] for row in same_colour}) == 2
