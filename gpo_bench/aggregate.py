@@ -142,14 +142,17 @@ def coverage_parts(runs: list[RunRecord], shots: int) -> dict[str, Part] | None:
 
 def cell_table(runs: list[RunRecord], shots: int, subset: str = OVERALL) -> tuple[np.ndarray, list[str]]:
     """seeds × groups table of per-group means (NaN where a row lacks the group) for one K: a row per seed of
-    each run that ran K (a run without per-seed values: one row, its per-group means); 0 × 0 where none did."""
+    each run that ran K (a run without per-seed values: one row, its per-group means, at its first seed); 0 × 0
+    where none did. Rows go in seed order, so a bootstrap over the table does not depend on how the seeds were
+    spread over runs or on the run folders' names."""
     key = (shots, subset)
-    rows = [
-        row
-        for r in runs
-        if key in r.per_group
-        for row in ([r.per_seed[key][s] for s in sorted(r.per_seed[key])] if key in r.per_seed else [r.per_group[key]])
-    ]
+    by_seed = []
+    for r in runs:
+        if key in r.per_seed:
+            by_seed += list(r.per_seed[key].items())
+        elif key in r.per_group:
+            by_seed.append((min(r.seeds, default=0), r.per_group[key]))
+    rows = [row for _, row in sorted(by_seed, key=lambda entry: entry[0])]
     if not rows:
         return np.empty((0, 0)), []
     groups = sorted(set().union(*rows))

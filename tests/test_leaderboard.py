@@ -126,6 +126,16 @@ def test_cells_are_the_means_of_the_runs_with_the_documented_ci(tmp_path):
     assert only_global.cells[("uniform", Column("globalopinionqa", 0.4))].mean == pytest.approx(0.65)
 
 
+def test_a_cells_ci_does_not_depend_on_the_run_folders_names(tmp_path):
+    rng = np.random.default_rng(3)
+    table = 0.8 + rng.uniform(-0.05, 0.05, size=(3, len(GROUPS)))
+    for seed, name in zip((0, 1, 2), ("c", "a", "b"), strict=True):  # folder names sort as seeds 1, 2, 0
+        write_run(tmp_path, name, "opinionqa", "uniform", seed, {20: dict(zip(GROUPS, table[seed], strict=True))})
+    cell = build(tmp_path).cells[("uniform", Column("opinionqa", 0.4))]
+    assert cell.ci == bootstrap_ci(table, CI_SEED)  # rows in seed order
+    assert bootstrap_ci(table[[1, 2, 0]], CI_SEED) != cell.ci  # the order would matter otherwise
+
+
 def test_runs_with_other_settings_or_encoders_are_their_own_rows(tmp_path):
     values = {20: {"g1": 0.9, "g2": 0.8}}
     minilm, bow = EncoderSpec.parse("minilm").label(), EncoderSpec.parse("bow").label()
