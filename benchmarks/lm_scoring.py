@@ -94,13 +94,12 @@ def option_softmax(states: torch.Tensor, head: torch.Tensor) -> np.ndarray:
 
 
 def ours(lm: CausalLM, batches: list[Batch], head: torch.Tensor | None) -> list[np.ndarray]:
-    """gpo-bench's side; `head` (reward-model) reads the final states, else the letters are read."""
-    out = []
+    """gpo-bench's side: the letters' probabilities, or with `head` (reward-model) the options' through it."""
     with torch.inference_mode():
+        if head is not None:
+            return [option_softmax(lm.final_states(prompts), head) for prompts, _ in batches]
+        out = []
         for prompts, sizes in batches:
-            if head is not None:
-                out.append(option_softmax(lm.final_states(prompts), head))
-                continue
             letters = letter_log_probs(lm.next_token_logits(prompts), lm.variants(max(sizes)))
             out += [torch.softmax(row[:n].double(), -1).numpy() for row, n in zip(letters, sizes, strict=True)]
     return out
@@ -109,15 +108,14 @@ def ours(lm: CausalLM, batches: list[Batch], head: torch.Tensor | None) -> list[
 def plain(
     model: torch.nn.Module, variants: list[list[int]], batches: list[Batch], head: torch.Tensor | None
 ) -> list[np.ndarray]:
-    """The plain loop's side: one prompt at a time, no prefix reuse."""
-    out = []
+    """The plain loop's side: one prompt at a time, no prefix reuse; read as `ours` reads."""
     with torch.inference_mode():
+        if head is not None:
+            decoder = model.get_decoder()
+            last_states = [[decoder(torch.tensor([ids])).last_hidden_state[:, -1] for ids in p] for p, _ in batches]
+            return [option_softmax(torch.cat(states), head) for states in last_states]
+        out = []
         for prompts, sizes in batches:
-            if head is not None:
-                decoder = model.get_decoder()
-                states = torch.cat([decoder(torch.tensor([ids])).last_hidden_state[:, -1] for ids in prompts])
-                out.append(option_softmax(states, head))
-                continue
             for ids, n in zip(prompts, sizes, strict=True):
                 logits = model(torch.tensor([ids])).logits[:, -1]
                 scores = torch.stack([torch.logsumexp(logits[0, v], 0) for v in variants[:n]])
@@ -195,12 +193,12 @@ def compare(method_name: str, shots: int, args: argparse.Namespace) -> None:
     n_tokens = sum(lengths)
     run, padded = tokens_run(batches, lm.batch_tokens)
     variants = letter_variants(lm.tokenizer, max(n for _, sizes in batches for n in sizes))
-    decoder, head = matmul_parameters(lm.model)
+    decoder, output_head = matmul_parameters(lm.model)
     reward_head = None
-    if method_name in READS_STATES:  # the final state, no output head
-        head = 0
+    if method_name in READS_STATES:  # the final state, not the output head's logits
+        output_head = 0
         reward_head = torch.randn(lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
-    flops = 2 * decoder * n_tokens + 2 * head * len(lengths)
+    flops = 2 * decoder * n_tokens + 2 * output_head * len(lengths)
     ours(lm, batches[:1], reward_head)  # warm up both paths outside the timings
     plain(lm.model, variants, batches[:1], reward_head)
     times: dict[str, list[float]] = {"gpo-bench": [], "plain": []}
@@ -243,8 +241,8 @@ def compare(method_name: str, shots: int, args: argparse.Namespace) -> None:
             f"({', '.join(f'{f:.0%}' for f in fractions)})"
         )
     print(
-        f"floor: 2 x ({decoder / 1e6:.1f}M decoder parameters x prompt tokens + {head / 1e6:.1f}M head parameters "
-        f"x prompts) = {flops / 1e9:.0f} GFLOP at the rounds' GEMM rates "
+        f"floor: 2 x ({decoder / 1e6:.1f}M decoder parameters x prompt tokens + {output_head / 1e6:.1f}M head "
+        f"parameters x prompts) = {flops / 1e9:.0f} GFLOP at the rounds' GEMM rates "
         f"({', '.join(f'{flops / f / 1e9:.0f}' for f in floors)} GFLOP/s): {', '.join(f'{f:.2f}' for f in floors)} s"
     )
     print(f"largest probability difference between the two sides: {difference:.1e}")

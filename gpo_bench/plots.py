@@ -252,11 +252,16 @@ def groups_figure(
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(f"{task}: per-group {metric} at K={k}, {frac:.0%} of groups meta-train", fontweight="bold")
     _legend_outside(fig, [ax])
+    caption = (
+        "Points: mean over runs (seeds) of the group's mean over its target items; bars: 95% percentile bootstrap "
+        "CI resampling runs (seeds)."
+    )
+    if any(is_language_model_row(row) for row in rows):
+        caption += " Hollow markers: language-model rows."
     fig.text(
         0.0,
         -0.01,
-        "Points: mean over runs (seeds) of the group's mean over its target items; bars: 95% percentile bootstrap "
-        "CI resampling runs (seeds)." + " Hollow markers: language-model rows." * any(map(is_language_model_row, rows)),
+        caption,
         ha="left",
         va="top",
         fontsize=7.5,
