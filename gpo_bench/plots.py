@@ -28,6 +28,7 @@ PALETTES = {False: OKABE_ITO, True: TOL_MUTED}  # the language-model rows' colou
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 against 8 or 9 colours: no two of 56 rows share both
 LINESTYLES = {False: "-", True: "--"}  # solid: the methods on embeddings; dashed: the language-model rows
 REFERENCE_MARKERS = ("*", "p", "h", "8")
+LEGEND_FONT_SIZE = 9  # points; a legend row, label spacing and padding included, is under 1.75 of it high
 FLOOR_LABEL = "majority floor (the seen groups' most common answer)"
 METRIC_LABELS = {
     "alignment": "alignment score (0–1, higher is better)",
@@ -82,12 +83,22 @@ def _save(fig: Figure, name: str, output_dir: Path) -> list[Path]:
 
 
 def _legend_outside(fig: Figure, axes: list) -> None:
-    """One legend for all panels, right of the data, without repeated labels."""
+    """One legend for all panels, right of the data, without repeated labels; in as many columns as keep it
+    within the figure's height, so it never runs over the caption below the panels."""
     handles: dict[str, object] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    rows_that_fit = max(1, int(fig.get_figheight() * 72 / (1.75 * LEGEND_FONT_SIZE)))
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+        fontsize=LEGEND_FONT_SIZE,
+        ncols=max(1, -(-len(handles) // rows_that_fit)),
+    )
 
 
 def plot_shots(

@@ -87,3 +87,17 @@ def test_every_row_of_a_full_board_has_its_own_look_and_language_model_rows_are_
     # within a family, the two rows that share a colour differ in marker
     same_colour = [row for row in core if style[row]["color"] == style[core[0]]["color"]]
     assert len(same_colour) == 2 and len({style[row]["marker"] for row in same_colour}) == 2
+
+
+@pytest.mark.parametrize("rows", [5, 40])
+def test_the_legend_stays_within_the_figures_height_however_many_rows(rows):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in range(rows):
+        ax.plot([0, 1], [row, row], label=f"a fairly long row label number {row} [model=smollm2]")
+    plots._legend_outside(fig, [ax])
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert legend.height <= fig.bbox.height
+    plt.close(fig)
