@@ -97,7 +97,7 @@ def _legend_outside(fig: Figure, axes: list) -> None:
         bbox_to_anchor=(1.0, 0.5),
         frameon=False,
         fontsize=LEGEND_FONT_SIZE,
-        ncols=max(1, -(-len(handles) // rows_that_fit)),
+        ncols=max(1, math.ceil(len(handles) / rows_that_fit)),
     )
 
 

@@ -6,7 +6,9 @@ import xml.etree.ElementTree as ET
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 from test_leaderboard import GROUPS, opinion_runs
 
 import gpo_bench as gb
@@ -91,13 +93,12 @@ def test_every_row_of_a_full_board_has_its_own_look_and_language_model_rows_are_
 
 @pytest.mark.parametrize("rows", [5, 40])
 def test_the_legend_stays_within_the_figures_height_however_many_rows(rows):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for row in range(rows):
         ax.plot([0, 1], [row, row], label=f"a fairly long row label number {row} [model=smollm2]")
     plots._legend_outside(fig, [ax])
     fig.canvas.draw()
     legend = fig.legends[0].get_window_extent()
     assert legend.height <= fig.bbox.height
-    plt.close(fig)
